@@ -1,0 +1,1 @@
+"""Shipped configuration (the top-level config/ folder): meter.toml, platforms.toml, devices.toml."""

@@ -1,0 +1,87 @@
+"""The `meter` command: run the node, and Expressway-flavoured admin commands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from meter import __version__
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="meter", description="SIP/H.323 license-metering node")
+    parser.add_argument("--version", action="version", version=f"meter {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="start the node (embedded default config unless --config)")
+    run.add_argument("--config", "-c", help="TOML config file (default: the embedded meter.toml)")
+    run.set_defaults(func=_cmd_run)
+
+    check = sub.add_parser("check-config", help="validate a config file and print the effective settings")
+    check.add_argument("config", nargs="?", help="TOML config file (default: the embedded meter.toml)")
+    check.set_defaults(func=_cmd_check_config)
+
+    default = sub.add_parser("default-config", help="print the embedded default config (a commented starting point)")
+    default.set_defaults(func=lambda args: print(_embedded(), end="") or 0)
+
+    _add_optional_commands(sub)
+    return parser
+
+
+def _add_optional_commands(sub) -> None:
+    # Each component registers its own commands; the node keeps working if one is absent.
+    from meter.licensing.cli import add_commands as add_licensing_commands
+
+    add_licensing_commands(sub)
+    try:
+        from meter.admin.cli import add_commands as add_admin_commands
+    except ImportError:
+        return
+    add_admin_commands(sub)
+
+
+def _embedded() -> str:
+    from meter.config import embedded_default_text
+
+    return embedded_default_text()
+
+
+def _cmd_check_config(args) -> int:
+    from meter.config import ConfigError, load
+
+    try:
+        config = load(args.config)
+    except ConfigError as exc:
+        print(f"meter: bad config: {exc}", file=sys.stderr)
+        return 2
+    for name, section in config.sections.items():
+        print(f"[{name}]")
+        for key, value in vars(section).items():
+            print(f"  {key} = {value!r}")
+    print(f"ok: {config.source}")
+    return 0
+
+
+def _cmd_run(args) -> int:
+    from meter.app import main as run_node
+    from meter.config import ConfigError, load
+
+    try:
+        config = load(args.config)
+    except ConfigError as exc:
+        print(f"meter: bad config, not starting: {exc}", file=sys.stderr)
+        return 2
+    return run_node(config)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""Configuration: one TOML file, validated at start-up against typed dataclasses.
+
+Each component owns its settings dataclass (``meter.sip.settings.SipSettings`` ...); this module only
+maps TOML tables onto them. Anything wrong stops start-up with the file, the key and what was
+expected (DESIGN.md principle 5): ``meter.toml: [sip] port: expected an integer, got "5o60"``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+DEFAULT_CONFIG_NAME = "meter.toml"
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be used; the message names file, key and expectation."""
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """Who this node is."""
+
+    name: str = "meter-1"
+    """Node name, shown in logs, metrics (`node` label) and to cluster peers."""
+    role: Literal["C", "E"] = "C"
+    """Expressway role: C (inside) or E (edge). Decides where RMS is charged (rule C3)."""
+    product: Literal["expressway", "vcs"] = "expressway"
+    """Product flavour; `vcs` cannot run Smart licensing (rule L4)."""
+    platform: str = "large_vm"
+    """Capacity profile from platforms.toml (rule P3, R6)."""
+    state_dir: str = "state"
+    """Durable state (option keys, mode, usage history), relative to the working directory."""
+
+
+@dataclass(frozen=True)
+class LicensingSettings:
+    enforcement: Literal["enforce", "observe"] = "enforce"
+    """`enforce` refuses what does not fit; `observe` lets it through and counts the would-be refusal."""
+
+
+@dataclass(frozen=True)
+class AdminSettings:
+    host: str = "127.0.0.1"
+    """Address of the HTTP admin server (/metrics, REST API, pages)."""
+    port: int = 9460
+    """Port of the admin server. 9460 is unassigned in the Prometheus default port allocations list."""
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    json: bool = False
+    """One JSON object per line instead of `key=value` text."""
+
+
+def _section_types() -> dict[str, type]:
+    # Imported here so that a broken component module names itself, not this loader.
+    from meter.sip.settings import SipSettings
+
+    return {
+        "node": NodeSettings,
+        "licensing": LicensingSettings,
+        "sip": SipSettings,
+        "admin": AdminSettings,
+        "log": LogSettings,
+    }
+
+
+@dataclass(frozen=True)
+class Config:
+    sections: dict[str, Any] = field(default_factory=dict)
+    source: str = "<embedded default>"
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.sections[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+def embedded_default_text() -> str:
+    return (resources.files("meter.shipped") / DEFAULT_CONFIG_NAME).read_text(encoding="utf-8")
+
+
+def load(path: str | Path | None = None) -> Config:
+    """Load and validate ``path``, or the embedded default when ``path`` is None."""
+    if path is None:
+        return parse(embedded_default_text(), source="<embedded default meter.toml>")
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    return parse(text, source=str(path))
+
+
+def parse(text: str, source: str = "<string>") -> Config:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    types_ = _section_types()
+    unknown = sorted(set(raw) - set(types_))
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown section [{unknown[0]}] (expected one of: {', '.join(sorted(types_))})"
+        )
+    sections = {
+        name: build(cls, raw.get(name, {}), source=source, where=name)
+        for name, cls in types_.items()
+    }
+    return Config(sections=sections, source=source)
+
+
+def build(cls: type, table: Any, *, source: str, where: str) -> Any:
+    """Build dataclass ``cls`` from a TOML table, checking every key and value."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{source}: [{where}] expected a table, got {_show(table)}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in table.items():
+        if key not in fields:
+            raise ConfigError(
+                f"{source}: [{where}] unknown key '{key}' (expected one of: {', '.join(sorted(fields))})"
+            )
+        kwargs[key] = _coerce(hints[key], value, source=source, where=f"{where}.{key}")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:  # a dataclass's own __post_init__ checks
+        raise ConfigError(f"{source}: [{where}] {exc}") from None
+
+
+def _coerce(hint: Any, value: Any, *, source: str, where: str) -> Any:
+    section, _, key = where.rpartition(".")
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+
+    def fail(expected: str) -> typing.NoReturn:
+        raise ConfigError(f"{source}: [{section}] {key}: expected {expected}, got {_show(value)}")
+
+    if dataclasses.is_dataclass(hint):
+        return build(hint, value, source=source, where=where)
+    if origin is Literal:
+        if value not in args:
+            fail("one of " + ", ".join(repr(a) for a in args))
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, source=source, where=where)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise errors[0]
+    if origin in (list, tuple):
+        if not isinstance(value, list):
+            fail("a list")
+        item = args[0] if args else Any
+        items = [_coerce(item, v, source=source, where=f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if hint is bool:
+        if not isinstance(value, bool):
+            fail("true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            fail("an integer")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            fail("a number")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            fail("a string")
+        return value
+    if hint is Any:
+        return value
+    fail(getattr(hint, "__name__", str(hint)))
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return repr(value)
