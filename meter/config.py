@@ -64,6 +64,7 @@ class LogSettings:
 def _section_types() -> dict[str, type]:
     # Imported here so that a broken component module names itself, not this loader.
     from meter.sip.settings import SipSettings
+    from meter.zones import ZoneSettings
 
     return {
         "node": NodeSettings,
@@ -71,6 +72,7 @@ def _section_types() -> dict[str, type]:
         "sip": SipSettings,
         "admin": AdminSettings,
         "log": LogSettings,
+        "zones": list[ZoneSettings],
     }
 
 
@@ -113,10 +115,12 @@ def parse(text: str, source: str = "<string>") -> Config:
         raise ConfigError(
             f"{source}: unknown section [{unknown[0]}] (expected one of: {', '.join(sorted(types_))})"
         )
-    sections = {
-        name: build(cls, raw.get(name, {}), source=source, where=name)
-        for name, cls in types_.items()
-    }
+    sections = {}
+    for name, hint in types_.items():
+        if typing.get_origin(hint) is list:  # an array of tables, e.g. [[zones]]
+            sections[name] = _coerce(hint, raw.get(name, []), source=source, where=name)
+        else:
+            sections[name] = build(hint, raw.get(name, {}), source=source, where=name)
     return Config(sections=sections, source=source)
 
 
@@ -145,7 +149,8 @@ def _coerce(hint: Any, value: Any, *, source: str, where: str) -> Any:
     args = typing.get_args(hint)
 
     def fail(expected: str) -> typing.NoReturn:
-        raise ConfigError(f"{source}: [{section}] {key}: expected {expected}, got {_show(value)}")
+        place = f"[{section}] {key}" if section else key
+        raise ConfigError(f"{source}: {place}: expected {expected}, got {_show(value)}")
 
     if dataclasses.is_dataclass(hint):
         return build(hint, value, source=source, where=where)
