@@ -55,15 +55,16 @@ def _cmd_check_config(args) -> int:
         print(f"meter: bad config: {exc}", file=sys.stderr)
         return 2
     for name, section in config.sections.items():
-        print(f"[{name}]")
-        for key, value in vars(section).items():
-            print(f"  {key} = {value!r}")
+        tables = section if isinstance(section, list) else [section]
+        for table in tables:
+            print(f"[[{name}]]" if isinstance(section, list) else f"[{name}]")
+            for key, value in vars(table).items():
+                print(f"  {key} = {value!r}")
     print(f"ok: {config.source}")
     return 0
 
 
 def _cmd_run(args) -> int:
-    from meter.app import main as run_node
     from meter.config import ConfigError, load
 
     try:
@@ -71,6 +72,8 @@ def _cmd_run(args) -> int:
     except ConfigError as exc:
         print(f"meter: bad config, not starting: {exc}", file=sys.stderr)
         return 2
+    from meter.app import main as run_node
+
     return run_node(config)
 
 

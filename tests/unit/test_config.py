@@ -18,6 +18,9 @@ def test_every_default_key_is_documented_in_the_shipped_file():
     # The shipped meter.toml is the config reference: each setting appears there, commented or not.
     text = cfg.embedded_default_text()
     for name, section in cfg.load(None).sections.items():
+        if isinstance(section, list):  # [[zones]]: documented by its example
+            assert f"[[{name}]]" in text
+            continue
         assert f"[{name}]" in text
         for key in vars(section):
             assert key in text, f"[{name}] {key} is not described in config/meter.toml"
