@@ -41,8 +41,10 @@ class NodeSettings:
 
 @dataclass(frozen=True)
 class LicensingSettings:
-    enforcement: Literal["enforce", "observe"] = "enforce"
-    """`enforce` refuses what does not fit; `observe` lets it through and counts the would-be refusal."""
+    enforcement: Literal["enforce", "observe"] = "observe"
+    """`observe` (default) lets everything through and counts each would-be refusal: learn what a
+    lab's traffic costs before buying keys. `enforce` refuses what does not fit the license pools
+    (503 with a Warning naming the license for SIP; RRJ/ARJ resourceUnavailable for H.323)."""
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from meter.cli import main
 def test_embedded_default_loads_with_defaults():
     config = cfg.load(None)
     assert config.node.role == "C"
-    assert config.licensing.enforcement == "enforce"
+    assert config.licensing.enforcement == "observe"
     assert config.sip.port == 5060
     assert "embedded" in config.source
 

@@ -1,0 +1,127 @@
+"""Prometheus exposition: built from the node's state when /metrics is scraped.
+
+Nothing here runs per message: the ledger, the SIP counters and the latency histogram keep plain
+numbers, and this collector turns them into metric families on each scrape. Names follow the
+prometheus-client conventions (snake_case, unit suffix, `_total` on counters) and every label
+takes values from a small fixed set: never a Call-ID or an alias.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+from meter.licensing.model import POOLED, Media
+from meter.sip.counters import METHODS
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+CALL_CLASSES = {Media.SETUP: "setup", Media.VIDEO: "video", Media.AUDIO_SIP: "audio_sip",
+                Media.AUDIO_OTHER: "audio_other"}
+
+
+class NodeCollector:
+    def __init__(self, node):
+        self.node = node  # meter.app.Node
+
+    def collect(self):
+        metering = self.node.metering
+        now = metering.clock()
+        snap = metering.ledger.snapshot(now)
+        name = snap.node
+
+        in_use = GaugeMetricFamily("meter_licenses_in_use", "Licenses in use on this node (RMS in steps of 0.5: two audio-only SIP calls share one, C4).", labels=["license"])
+        cluster = GaugeMetricFamily("meter_licenses_in_use_cluster", "Licenses in use in the whole cluster pool.", labels=["license"])
+        capacity = GaugeMetricFamily("meter_licenses_capacity", "Licenses in the cluster pool from option keys in force (P1, P2).", labels=["license"])
+        for lic in POOLED:
+            usage = snap.licenses[lic]
+            in_use.add_metric([str(lic)], usage.in_use)
+            cluster.add_metric([str(lic)], usage.in_use_cluster)
+            capacity.add_metric([str(lic)], usage.capacity)
+        yield in_use
+        yield cluster
+        yield capacity
+
+        calls = GaugeMetricFamily("meter_calls", "Calls in progress by class (setup counts as video until set-up completes, C6).", labels=["class", "license"])
+        by_class: dict[tuple[str, str], int] = {(c, lic): 0 for c in CALL_CLASSES.values() for lic in ("rms", "cmr", "none")}
+        for record in metering.calls.values():
+            key = (CALL_CLASSES.get(record.media, "video"), str(record.charge.license))
+            by_class[key] = by_class.get(key, 0) + 1
+        for (cls, lic), count in sorted(by_class.items()):
+            calls.add_metric([cls, lic], count)
+        yield calls
+
+        cap = GaugeMetricFamily("meter_capacity", "Physical capacity of this node's platform (P3, R6).", labels=["resource"])
+        cap.add_metric(["video_calls"], snap.call_capacity)
+        cap.add_metric(["registrations"], snap.registration_capacity)
+        cap.add_metric(["mra_registrations"], snap.mra_registration_capacity)
+        yield cap
+        load = GaugeMetricFamily("meter_call_load_ratio", "Fraction of the node's physical call capacity in use (P3, P4 alarms at 0.9).")
+        load.add_metric([], snap.call_load)
+        yield load
+
+        regs = GaugeMetricFamily("meter_registrations", "Registered aliases by protocol and device class (R1-R9).", labels=["protocol", "device_class"])
+        counts = {(p, c): 0 for p in ("sip", "h323") for c in ("room", "desktop", "none")}
+        for record in metering.registrations.values():
+            counts[(record.protocol, record.device_class)] = counts.get((record.protocol, record.device_class), 0) + 1
+        for (protocol, device_class), count in sorted(counts.items()):
+            regs.add_metric([protocol, device_class], count)
+        yield regs
+
+        refusals = CounterMetricFamily("meter_refusals", "Charges that did not fit: refused (enforce) or let through and counted (observe).", labels=["license", "reason", "enforcement"])
+        for (lic, reason, enforcement), count in sorted(metering.refusals.counts.items()):
+            refusals.add_metric([lic, reason, enforcement], count)
+        yield refusals
+
+        alarms = GaugeMetricFamily("meter_alarm_active", "1 while an alarm stands (P4 capacity, K3 restart required, exhausted pools...).", labels=["alarm", "rule"])
+        for alarm in snap.alarms:
+            alarms.add_metric([_alarm_label(alarm.id), alarm.rule], 1)
+        yield alarms
+
+        info = GaugeMetricFamily("meter_node_info", "Static facts about this node.", labels=["node", "role", "enforcement", "sip_mode"])
+        info.add_metric([name, snap.role, snap.mode, metering.sip_mode], 1)
+        yield info
+
+        yield from self._sip_families()
+        yield from self._latency_families()
+
+    def _sip_families(self):
+        sip = self.node.sip
+        if sip is None:
+            return
+        stats = sip.counters
+        requests = CounterMetricFamily("meter_sip_requests", "SIP requests by direction and method (retransmissions included).", labels=["direction", "method"])
+        for direction, counter in (("in", stats.requests_received), ("out", stats.requests_sent)):
+            for method, count in sorted(counter.items()):
+                requests.add_metric([direction, method if method in METHODS else "other"], count)
+        yield requests
+        responses = CounterMetricFamily("meter_sip_responses", "SIP responses by direction and status code.", labels=["direction", "status"])
+        for direction, counter in (("in", stats.responses_received), ("out", stats.responses_sent)):
+            for status, count in sorted(counter.items()):
+                responses.add_metric([direction, str(status)], count)
+        yield responses
+        malformed = CounterMetricFamily("meter_sip_malformed", "Malformed SIP messages: answered with 4xx/5xx and a reason, or dropped.", labels=["outcome"])
+        malformed.add_metric(["answered"], stats.malformed_answered)
+        malformed.add_metric(["dropped"], stats.malformed_dropped)
+        yield malformed
+
+    def _latency_families(self):
+        histogram = self.node.latency
+        if histogram is None:
+            return
+        family = HistogramMetricFamily("meter_message_processing_seconds", "Time from a message's arrival to the end of its handling, per protocol.", labels=["protocol"])
+        family.add_metric(["sip"], histogram.cumulative(), histogram.sum)
+        yield family
+
+
+def _alarm_label(alarm_id: str) -> str:
+    # Alarm ids carry a peer name or license ("peer-lost-meter-2"); labels keep the fixed family.
+    for family in ("peer-lost", "license-exhausted"):
+        if alarm_id.startswith(family + "-"):
+            return family
+    return alarm_id
+
+
+def render(node) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(NodeCollector(node))
+    return generate_latest(registry)

@@ -1,0 +1,104 @@
+"""The running node: wires config, licensing, the SIP node and the admin server on one event loop.
+
+This is the only place that knows every component; each of them stays testable on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from meter import logs
+from meter.config import Config
+from meter.logs import log_event
+
+log = logging.getLogger("meter.node")
+TICK_SECONDS = 1.0
+
+
+class Node:
+    def __init__(self, config: Config):
+        self.config = config
+        self.sip = None
+        self.admin = None
+        self.metering = None
+        self.latency = None
+        self._ticker: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        from meter.admin.api import build_router
+        from meter.admin.http import AdminServer
+        from meter.admin.latency import LatencyHistogram, TimedReceiver
+        from meter.metering import Metering
+        from meter.sip.node import SipNode
+
+        self.metering = Metering.from_config(self.config)
+        self.sip = SipNode(self.config.sip, self.metering.sip_policy())
+        await self.sip.start()
+        self.metering.attach_sip(self.sip)
+        self.latency = LatencyHistogram()
+        transports = self.sip._transports
+        transports.receiver = TimedReceiver(transports.receiver, self.latency)
+        self._ticker = asyncio.get_running_loop().create_task(self._tick())
+        if self.config.admin.enabled:
+            self.admin = AdminServer(build_router(self), self.config.admin.host, self.config.admin.port)
+            await self.admin.start()
+        log_event(log, "node.started", name=self.config.node.name, role=self.config.node.role,
+                  mode=self.config.sip.mode, sip_port=self.sip.port,
+                  admin_port=self.admin.port if self.admin else 0, config=self.config.source)
+
+    async def _tick(self) -> None:
+        """Once a second: alarms, lost peers, demo-key expiry, lapsed reservations."""
+        while True:
+            await asyncio.sleep(TICK_SECONDS)
+            try:
+                self.metering.tick(self.metering.clock())
+            except Exception:  # a bug here must not stop metering for good
+                log.exception("metering.tick_failed")
+
+    async def close(self) -> None:
+        if self._ticker:
+            self._ticker.cancel()
+        if self.sip:
+            await self.sip.close()  # ends every call and binding: releases all charges (principle 4)
+        if self.admin:
+            await self.admin.close()
+        if self.metering:
+            self.metering.close()
+        log_event(log, "node.stopped")
+
+
+async def serve(config: Config, started: asyncio.Event | None = None) -> None:
+    node = Node(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except (NotImplementedError, RuntimeError):  # not the main thread
+            pass
+    await node.start()
+    if started:
+        started.set()
+    try:
+        await stop.wait()
+    finally:
+        await node.close()
+
+
+def main(config: Config) -> int:
+    logs.configure(config.log.level, config.log.json)
+    try:
+        import uvloop
+    except ImportError:  # the node also runs on the default loop, slower
+        log_event(log, "node.no_uvloop", level=logging.WARNING)
+        runner = asyncio.run
+    else:
+        runner = uvloop.run
+    try:
+        runner(serve(config))
+    except OSError as exc:  # a port in use, an address not on this machine
+        log_event(log, "node.cannot_start", level=logging.ERROR, error=str(exc))
+        return 1
+    return 0

@@ -1,0 +1,359 @@
+"""The metering join: what passes the SIP node (and the RAS gatekeeper) is charged in real time.
+
+The signalling adapters call hooks (``meter.sip.policy.SipPolicy``); this module turns each into
+facts for the pure licensing domain (``classify_call``, ``classify_registration``), charges the
+ledger, and answers allow or refuse. It keeps one record per charged alias and per call so the
+API and CLI can show what each costs and which rules decided it (DESIGN.md principle 2).
+
+Release paths (principle 4): a registration is released on unregister, expiry, node shutdown
+(``on_bindings`` with no bindings) or, for a REGISTER that the upstream never confirmed, when its
+reservation lapses; a call on ``on_call_ended``, which the SIP node calls exactly once per
+allowed call.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable
+
+from meter.codecs import sdp
+from meter.licensing.calls import CallFacts, CallCharge, classify_call
+from meter.licensing.devices import DeviceCatalog
+from meter.licensing.ledger import Decision, Ledger
+from meter.licensing.model import License, Media
+from meter.licensing.registrations import RegistrationFacts, classify_registration
+from meter.logs import log_event
+from meter.sip.policy import ALLOW, CallInfo, RegisterInfo, Verdict
+from meter.zones import LOCAL, ZoneSettings, ZoneTable
+
+log = logging.getLogger("meter.metering")
+
+# A REGISTER forwarded upstream holds its license from the moment it is let through (so two
+# racing REGISTERs cannot both take the last license) until the upstream's 200 OK confirms it.
+# If no 200 OK comes (401 challenge never answered, 403, timeout), the reservation lapses after
+# 64*T1 = 32 s, the non-INVITE transaction timeout (RFC 3261 §17.1.2.2 Timer F).
+RESERVATION_SECONDS = 32.0
+
+# Refusals answer 503 (the ledger's hint: capacity, try later or elsewhere) with a Warning naming
+# the license (RFC 3261 §20.43, code 399: miscellaneous warning).
+REFUSAL_REASONS = {
+    "rms_exhausted": "No Rich Media Session license available",
+    "room_exhausted": "No Room System license available",
+    "desktop_exhausted": "No Desktop System license available",
+    "cmr_exhausted": "No CMR license available",
+    "peer_rms_limit": "Node at its RMS limit",
+    "node_call_capacity": "Node at its physical call capacity",
+    "node_registration_capacity": "Node at its registration capacity",
+    "node_mra_registration_capacity": "Node at its MRA registration capacity",
+    "registrations_blocked": "Registrations refused by licensing",
+}
+
+
+@dataclass(slots=True)
+class RegistrationRecord:
+    alias: str
+    protocol: str
+    device_class: str
+    license: str
+    device: str
+    rules: tuple[str, ...]
+    reserved_until: float | None = None  # inline: waiting for the upstream's 200 OK
+
+
+@dataclass(slots=True)
+class CallRecord:
+    call_id: str
+    caller: str
+    callee: str
+    facts: CallFacts
+    charge: CallCharge
+    state: str = "setup"           # setup -> answered -> confirmed
+    m_lines: int | None = None
+    rules: tuple[str, ...] = ()
+    media: str = Media.SETUP
+
+
+@dataclass
+class Refusals:
+    """Refusals and would-be refusals, by (license, reason, enforcement): small fixed label sets."""
+
+    counts: Counter = field(default_factory=Counter)
+
+    def count(self, decision: Decision, enforcement: str) -> None:
+        self.counts[(str(decision.license), decision.reason, enforcement)] += 1
+
+
+class Metering:
+    def __init__(self, ledger: Ledger, catalog: DeviceCatalog, zones: ZoneTable, *, role: str,
+                 node_name: str, sip_mode: str = "standalone", licensing=None,
+                 clock: Callable[[], float] = time.time):
+        self.ledger, self.catalog, self.zones = ledger, catalog, zones
+        self.role, self.node_name, self.sip_mode = role, node_name, sip_mode
+        self.licensing = licensing  # NodeLicensing (durable keys, mode), None in pure tests
+        self.clock = clock
+        self.registrations: dict[tuple[str, str], RegistrationRecord] = {}
+        self.calls: dict[tuple[str, str], CallRecord] = {}
+        self.refusals = Refusals()
+        self.sip_node = None
+        self._next_key_change: float | None = None
+
+    # ---- construction ------------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, config) -> "Metering":
+        from meter.licensing import platforms
+        from meter.licensing.node import NodeLicensing
+
+        node = config.node
+        now = time.time()
+        licensing = NodeLicensing.open(node.state_dir, product=node.product)
+        licensing.node_started(now)  # K3: restart-pending keys take effect now
+        ledger = Ledger(node.name, node.role, platforms.get(node.platform),
+                        mode=config.licensing.enforcement, alarms=licensing.alarms, now=now)
+        metering = cls(ledger, DeviceCatalog.load(), ZoneTable(config.zones), role=node.role,
+                       node_name=node.name, sip_mode=config.sip.mode, licensing=licensing)
+        metering.refresh_licenses(now)
+        return metering
+
+    def refresh_licenses(self, now: float) -> None:
+        """Feed the ledger the quantities of the option keys in force (K1, K5: demo keys expire)."""
+        if self.licensing is None:
+            return
+        grants = self.licensing.grants(now)
+        self.ledger.set_licenses(grants.quantities, now)
+        self._next_key_change = self.licensing.next_change(now)
+        log_event(log, "licenses.in_force", quantities=dict(grants.quantities))
+
+    def attach_sip(self, sip_node) -> None:
+        self.sip_node = sip_node
+
+    def sip_policy(self) -> "SipMetering":
+        return SipMetering(self)
+
+    def close(self) -> None:
+        now = self.clock()
+        released = self.ledger.release_all(now)
+        if released:
+            log_event(log, "metering.released_at_shutdown", charges=released)
+        self.registrations.clear()
+        self.calls.clear()
+        if self.licensing is not None:
+            self.licensing.close()
+
+    # ---- periodic work -----------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        self.ledger.tick(now)
+        if self._next_key_change is not None and now >= self._next_key_change:
+            self.refresh_licenses(now)
+        lapsed = [k for k, r in self.registrations.items()
+                  if r.reserved_until is not None and r.reserved_until <= now]
+        for key in lapsed:
+            self._release_registration(key, "reservation lapsed", now)
+
+    # ---- registrations -----------------------------------------------------------------
+
+    def charge_registration(self, protocol: str, alias: str, facts: RegistrationFacts, now: float,
+                            *, reserve: bool = False) -> Decision | None:
+        """Charge one alias (R9: one license per alias). None when it is already charged (refresh)."""
+        key = (protocol, alias)
+        record = self.registrations.get(key)
+        if record is not None:
+            if not reserve:
+                record.reserved_until = None  # confirmed
+            return None
+        charge = classify_registration(facts, self.catalog)
+        decision = self.ledger.charge_registration(key, charge, now)
+        match = self.catalog.match_sip(facts.user_agent) if protocol == "sip" else None
+        device = (match.model if match else facts.h323_product) or "unknown"
+        self._note(decision, "registration", alias=alias, protocol=protocol, device=device)
+        if decision.ok:
+            self.registrations[key] = RegistrationRecord(
+                alias, protocol, _device_class(charge.license), str(charge.license), device, decision.rules,
+                now + RESERVATION_SECONDS if reserve else None)
+        return decision
+
+    def _release_registration(self, key: tuple[str, str], cause: str, now: float) -> None:
+        record = self.registrations.pop(key, None)
+        if record is None:
+            return
+        self.ledger.release(key, now)
+        log_event(log, "registration.released", logging.DEBUG, alias=record.alias,
+                  protocol=record.protocol, cause=cause)
+
+    def release_registration(self, protocol: str, alias: str, cause: str, now: float) -> None:
+        self._release_registration((protocol, alias), cause, now)
+
+    # ---- calls -------------------------------------------------------------------------
+
+    def charge_call(self, protocol: str, call_id: str, caller: str, callee: str, facts: CallFacts,
+                    now: float) -> Decision:
+        """Charge a call at its first INVITE/ARQ: as video until set-up completes (C6)."""
+        key = (protocol, call_id)
+        charge = classify_call(facts)
+        decision = self.ledger.charge_call(key, charge, now)
+        self._note(decision, "call", call_id=call_id, caller=caller, callee=callee, zone=facts.callee_zone)
+        if decision.ok:
+            self.calls[key] = CallRecord(call_id, caller, callee, facts, charge, rules=decision.rules,
+                                         media=charge.media)
+        return decision
+
+    def settle_call(self, protocol: str, call_id: str, m_lines: int | None, now: float) -> None:
+        """Set-up complete: the class is fixed from the negotiated m= lines (C5, C6) and frozen (C7)."""
+        record = self.calls.get((protocol, call_id))
+        if record is None or record.state == "confirmed":
+            return  # C7: nothing changes after set-up
+        record.state = "confirmed"
+        if m_lines is None:
+            m_lines = record.m_lines
+        if not m_lines:
+            return  # no SDP negotiated: stays counted as video (C6)
+        final = classify_call(record.facts._replace(m_lines=m_lines))
+        decision = self.ledger.settle((protocol, call_id), final, now)
+        if decision is not None:
+            record.charge, record.rules, record.media = final, decision.rules, final.media
+            log_event(log, "call.settled", logging.DEBUG, call_id=call_id, media=str(final.media),
+                      units=decision.units, rules=decision.rules)
+
+    def end_call(self, protocol: str, call_id: str, cause: str, now: float) -> None:
+        record = self.calls.pop((protocol, call_id), None)
+        self.ledger.release((protocol, call_id), now)
+        if record is not None:
+            log_event(log, "call.released", logging.DEBUG, call_id=call_id, cause=cause)
+
+    # ---- shared ------------------------------------------------------------------------
+
+    def _note(self, decision: Decision, what: str, **facts) -> None:
+        """Every decision is logged with its rule IDs; refusals are counted by reason."""
+        if decision.reason:
+            self.refusals.count(decision, "observe" if decision.observed else "enforce")
+            log_event(log, f"{what}.{'would_refuse' if decision.observed else 'refused'}", logging.INFO,
+                      reason=decision.reason, license=str(decision.license), rules=decision.rules, **facts)
+        else:
+            log_event(log, f"{what}.charged", logging.DEBUG, license=str(decision.license),
+                      units=decision.units, rules=decision.rules, **facts)
+
+    def verdict(self, decision: Decision) -> Verdict:
+        if decision.ok:
+            return ALLOW
+        text = REFUSAL_REASONS.get(decision.reason, decision.reason)
+        warning = f'399 {self.node_name} "{text} ({decision.reason}; rules {",".join(decision.rules)})"'
+        return Verdict.refuse(decision.status or 503, f"Service Unavailable - {text}", warning)
+
+    # ---- views for the API and CLI -----------------------------------------------------
+
+    def registration_views(self) -> list[dict]:
+        return [
+            {"alias": r.alias, "protocol": r.protocol, "device_class": r.device_class, "license": r.license,
+             "device": r.device, "rules": list(r.rules), "pending": r.reserved_until is not None}
+            for r in self.registrations.values()
+        ]
+
+    def call_views(self) -> list[dict]:
+        return [
+            {"call_id": c.call_id, "protocol": p, "caller": c.caller, "callee": c.callee, "state": c.state,
+             "call_class": str(c.media), "license": str(c.charge.license), "units": c.charge.units,
+             "caller_zone": c.facts.caller_zone, "callee_zone": c.facts.callee_zone, "rules": list(c.rules)}
+            for (p, _), c in self.calls.items()
+        ]
+
+
+def _device_class(license: str) -> str:
+    return {License.ROOM: "room", License.DESKTOP: "desktop"}.get(license, "none")
+
+
+def _zone_registered(zone: ZoneSettings) -> str:
+    if not zone.registered:
+        return ""
+    return "unified_cm" if zone.kind == "unified_cm" else "peer"
+
+
+class SipMetering:
+    """The SIP node's policy: registrations per AOR (R9), calls per Call-ID (C1-C11)."""
+
+    def __init__(self, metering: Metering):
+        self.m = metering
+
+    # -- registrations
+    def on_register(self, info: RegisterInfo) -> Verdict:
+        if info.expires == 0 or info.contacts == ("*",):
+            return ALLOW  # removing bindings never costs anything
+        m = self.m
+        facts = RegistrationFacts(m.role, "sip", "direct", 1, info.user_agent)
+        decision = m.charge_registration("sip", info.aor, facts, m.clock(), reserve=info.mode == "inline")
+        return ALLOW if decision is None else m.verdict(decision)
+
+    def on_bindings(self, aor, bindings, user_agent, source, now) -> None:
+        m = self.m
+        if not bindings:
+            m.release_registration("sip", aor, "unregistered", now)
+            return
+        facts = RegistrationFacts(m.role, "sip", "direct", 1, user_agent)
+        m.charge_registration("sip", aor, facts, now)  # confirms a reservation, or charges learned bindings
+
+    # -- calls
+    def on_invite(self, info: CallInfo) -> Verdict:
+        m = self.m
+        caller_zone, caller_reg = self._caller_side(info)
+        callee_zone, callee_reg, zone = self._callee_side(info)
+        facts = CallFacts(
+            role=m.role, caller_zone=caller_zone, caller_registered=caller_reg, caller_protocol="sip",
+            callee_zone=callee_zone, callee_registered=callee_reg, callee_protocol="sip",
+            transformed=bool(zone and zone.transforms_dialled_string),
+            conductor=zone.conductor if zone else "",
+        )
+        return m.verdict(m.charge_call("sip", info.call_id, info.from_aor, info.to_aor, facts, m.clock()))
+
+    def _caller_side(self, info: CallInfo) -> tuple[str, str]:
+        zone = self.m.zones.for_peer(info.source.host)
+        if zone is not None:
+            return zone.kind, _zone_registered(zone)
+        if ("sip", info.from_aor) in self.m.registrations or ("h323", info.from_aor) in self.m.registrations:
+            return LOCAL, self.m.role
+        if self.m.sip_mode == "inline" and self._from_upstream(info):
+            return LOCAL, self.m.role  # registered on the lab registrar the node fronts
+        return "external", ""
+
+    def _callee_side(self, info: CallInfo) -> tuple[str, str, ZoneSettings | None]:
+        if info.callee_registered:
+            return LOCAL, self.m.role, None
+        host = info.request_uri.partition("@")[2].split(";")[0].split(":")[0] if "@" in info.request_uri else ""
+        zone = self.m.zones.for_uri(info.request_uri, host)
+        if zone is not None:
+            return zone.kind, _zone_registered(zone), zone
+        if self.m.sip_mode == "inline":
+            return LOCAL, self.m.role, None  # the lab registrar behind the node places it
+        return "external", "", None
+
+    def _from_upstream(self, info: CallInfo) -> bool:
+        core = getattr(self.m.sip_node, "core", None)
+        return bool(core and core._from_upstream(info.source))
+
+    def on_call_answered(self, call_id, offer_sdp, answer_sdp) -> None:
+        record = self.m.calls.get(("sip", call_id))
+        if record is None:
+            return
+        record.state = "answered"
+        record.m_lines = negotiated_m_lines(offer_sdp, answer_sdp)
+
+    def on_call_confirmed(self, call_id) -> None:
+        self.m.settle_call("sip", call_id, None, self.m.clock())
+
+    def on_call_ended(self, call_id, cause) -> None:
+        self.m.end_call("sip", call_id, cause, self.m.clock())
+
+
+def negotiated_m_lines(offer: bytes, answer: bytes) -> int | None:
+    """m= lines both sides kept (C5). Late offer (INVITE without SDP): the 2xx carries the offer,
+    and its enabled streams are what the call can have. Unreadable SDP: None (stays video, C6)."""
+    try:
+        if offer and answer:
+            return sdp.negotiated_media_count(offer, answer)
+        if answer:
+            return sum(1 for media in sdp.parse(answer).media if not media.disabled)
+    except sdp.SDPError:
+        return None
+    return None
