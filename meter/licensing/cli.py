@@ -1,0 +1,313 @@
+"""Expressway-flavoured licensing commands on a node's state directory.
+
+``add_commands(subparsers)`` registers them on the ``meter`` command (meter/cli.py):
+
+    meter keys issuer-init                  create the lab issuer key pair
+    meter keys issue --option RMS --quantity 100 [--serial S] [--expires 30d]
+    meter keys trust issuer.pem.pub         trust another lab issuer's public key
+    meter xstatus options                   installed keys by index, features in force (K4, K6)
+    meter xconfiguration option N key K     set option key N (1..64); an empty K removes it (K4)
+    meter licenses                          pools, in use, capacity, alarms
+    meter mode [smart]                      show the license mode, or switch to Smart (L2, L4)
+    meter factory-reset [--yes]             back to defaults, PAK mode; writes a backup first (L2)
+
+Every command takes ``--state-dir`` (default ``$METER_STATE_DIR`` or ``./state``). Each handler
+returns the exit status: 0 done, 1 refused or failed (with the reason on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import re
+import sys
+import time
+
+from meter.licensing import modes
+from meter.licensing.keys import KeyRefused, fingerprint, issue_key
+from meter.licensing.node import NodeLicensing
+from meter.licensing.options import OPTIONS
+from meter.licensing.store import LicensingStore, StoreError, create_issuer, load_issuer, load_public
+
+DEFAULT_STATE_DIR = "state"
+
+
+def add_commands(subparsers) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--state-dir", default=os.environ.get("METER_STATE_DIR", DEFAULT_STATE_DIR),
+                        help="the node's state directory (default: $METER_STATE_DIR or ./state)")
+
+    keys = subparsers.add_parser("keys", help="lab option-key issuer (PAK mode)")
+    keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    init = keys_sub.add_parser("issuer-init", parents=[common], help="create the lab issuer key pair")
+    init.add_argument("--issuer-key", help="private key file (default: <state-dir>/issuer-ed25519.pem)")
+    init.add_argument("--force", action="store_true", help="replace an existing issuer key file")
+    init.set_defaults(func=cmd_issuer_init)
+    issue = keys_sub.add_parser("issue", parents=[common], help="issue an option key for a node serial")
+    issue.add_argument("--issuer-key", help="private key file (default: <state-dir>/issuer-ed25519.pem)")
+    issue.add_argument("--serial", help="node serial the key is bound to (default: this state dir's node)")
+    issue.add_argument("--option", required=True, type=str.upper,
+                       help=f"option type: {', '.join(OPTIONS)}")
+    issue.add_argument("--quantity", type=int, default=1, help="licenses granted (1 for features)")
+    issue.add_argument("--expires", default="none",
+                       help="'none', a date/time (2026-03-31, 2026-03-31T12:00Z) or a period (30d, 12h)")
+    issue.add_argument("--any-option", action="store_true",
+                       help="sign an option code this meter does not know (nodes refuse it: unknown option)")
+    issue.set_defaults(func=cmd_issue)
+    trust = keys_sub.add_parser("trust", parents=[common], help="trust an issuer public key (PEM)")
+    trust.add_argument("public_key", help="the issuer's public key file (<issuer>.pem.pub)")
+    trust.set_defaults(func=cmd_trust)
+
+    xstatus = subparsers.add_parser("xstatus", aliases=["xStatus"], parents=[common],
+                                    help="status: xstatus options")
+    xstatus.add_argument("what", type=str.lower, choices=["options"])
+    xstatus.set_defaults(func=cmd_xstatus_options)
+
+    xconf = subparsers.add_parser("xconfiguration", aliases=["xConfiguration"], parents=[common],
+                                  help="configuration: xconfiguration option N key K")
+    xconf.add_argument("section", type=str.lower, choices=["option"])
+    xconf.add_argument("index", type=int, help="option index 1..64")
+    xconf.add_argument("field", type=str.lower, choices=["key", "key:"])
+    xconf.add_argument("value", nargs="?", default="", help="the option key; empty removes option N")
+    xconf.set_defaults(func=cmd_xconfiguration_option)
+
+    licenses = subparsers.add_parser("licenses", parents=[common], help="pools, in use, capacity, alarms")
+    licenses.set_defaults(func=cmd_licenses)
+
+    mode = subparsers.add_parser("mode", parents=[common], help="show the license mode, or 'mode smart'")
+    mode.add_argument("target", nargs="?", type=str.lower, choices=["smart", "pak"])
+    mode.add_argument("--product", choices=modes.PRODUCTS, help="override the product the node recorded")
+    mode.set_defaults(func=cmd_mode)
+
+    reset = subparsers.add_parser("factory-reset", parents=[common],
+                                  help="return licensing state to defaults (PAK); backup first")
+    reset.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    reset.add_argument("--backup", help="backup file (default: <state-dir>/backup-<time>.sqlite)")
+    reset.set_defaults(func=cmd_factory_reset)
+
+
+def _fail(message: str) -> int:
+    print(f"meter: {message}", file=sys.stderr)
+    return 1
+
+
+def _open(args) -> NodeLicensing:
+    return NodeLicensing.open(args.state_dir)
+
+
+def _when(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    return dt.datetime.fromtimestamp(seconds, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def parse_expiry(text: str, now: float) -> float | None:
+    """'none' -> None; '30d' / '12h' -> now + period; ISO date or date-time (UTC if no zone)."""
+    text = text.strip()
+    if text.lower() in ("none", "never", ""):
+        return None
+    period = re.fullmatch(r"(\d+)([dh])", text.lower())
+    if period:
+        return now + int(period[1]) * (86400 if period[2] == "d" else 3600)
+    try:
+        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"--expires: expected none, 30d, 12h or an ISO date, got {text!r}") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.timezone.utc)
+    return when.timestamp()
+
+
+# ---- keys ---------------------------------------------------------------------------------
+
+def cmd_issuer_init(args) -> int:
+    try:
+        with LicensingStore(args.state_dir) as store:
+            path = args.issuer_key or store.issuer_key_path
+            if os.path.exists(path):
+                if not args.force:
+                    return _fail(f"{path} exists (use --force to replace it; keys it issued stop verifying)")
+                os.remove(path)
+            private = create_issuer(path)
+            if store.get_meta("issuer_public_key") is None or args.force:
+                store.trust(private.public_key())
+    except StoreError as exc:
+        return _fail(str(exc))
+    print(f"issuer key: {path}")
+    print(f"public key: {path}.pub (give it to other nodes: meter keys trust {path}.pub)")
+    print(f"fingerprint: {fingerprint(private.public_key())}")
+    return 0
+
+
+def cmd_issue(args) -> int:
+    now = time.time()
+    if args.option not in OPTIONS and not args.any_option:
+        return _fail(f"unknown option {args.option!r} (expected one of: {', '.join(OPTIONS)})")
+    try:
+        expires = parse_expiry(args.expires, now)
+        with LicensingStore(args.state_dir) as store:
+            path = args.issuer_key or store.issuer_key_path
+            if os.path.exists(path):
+                private = load_issuer(path)
+            else:
+                private = create_issuer(path)
+                print(f"meter: created issuer key {path}", file=sys.stderr)
+                if store.get_meta("issuer_public_key") is None:
+                    store.trust(private.public_key())
+            serial = args.serial or store.serial
+        key = issue_key(private, serial=serial, option=args.option, quantity=args.quantity,
+                        expires=expires, issued_at=now)
+    except (StoreError, ValueError) as exc:
+        return _fail(str(exc))
+    print(key)
+    return 0
+
+
+def cmd_trust(args) -> int:
+    try:
+        public = load_public(args.public_key)
+        with LicensingStore(args.state_dir) as store:
+            store.trust(public)
+    except StoreError as exc:
+        return _fail(str(exc))
+    print(f"trusting issuer {fingerprint(public)}; keys from another issuer now show as invalid")
+    return 0
+
+
+# ---- xStatus / xConfiguration -------------------------------------------------------------
+
+def cmd_xstatus_options(args) -> int:
+    now = time.time()
+    try:
+        node = _open(args)
+    except StoreError as exc:
+        return _fail(str(exc))
+    try:
+        view = node.view(now)
+    finally:
+        node.close()
+    print("*s Options:")
+    for key in view["keys"]:
+        quantity = f"{key['quantity']} " if OPTIONS.get(key["option"]) and OPTIONS[key["option"]].license else ""
+        print(f"    Option {key['index']}:")
+        print(f"        Key: \"{key['text']}\"")
+        print(f"        Description: \"{quantity}{key['title']}\"")
+        print(f"        Status: {key['state']}" + (f" ({key['detail']})" if key["detail"] else ""))
+        print(f"        Expiry: {_when(key['expires'])}")
+    print("*s/end")
+    print(f"Serial: {view['serial']}  Mode: {view['mode'].upper()}  Product: {view['product']}")
+    quantities = ", ".join(f"{k} {v}" for k, v in view["quantities"].items()) or "none"
+    print(f"Licenses in force: {quantities}")
+    print(f"Features in force: {', '.join(view['features']) or 'none'}")
+    return 0
+
+
+def cmd_xconfiguration_option(args) -> int:
+    now = time.time()
+    try:
+        node = _open(args)
+    except StoreError as exc:
+        return _fail(str(exc))
+    try:
+        if not args.value:
+            removed = node.remove_key(args.index, now)
+            if removed is None:
+                return _fail(f"option {args.index} is not set")
+            print(f"option {args.index} removed")
+            return 0
+        result = node.add_key(args.value, now, index=args.index)
+    except KeyRefused as exc:
+        return _fail(f"option key refused: {exc}")
+    except ValueError as exc:
+        return _fail(str(exc))
+    finally:
+        node.close()
+    option = OPTIONS[result.key.option]
+    what = f"{result.key.quantity} {option.title}" if option.license else option.title
+    print(f"option {result.index}: {what} (expires: {_when(result.key.expires)})")
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
+# ---- licenses, mode, factory reset --------------------------------------------------------
+
+def cmd_licenses(args) -> int:
+    now = time.time()
+    try:
+        node = _open(args)
+    except StoreError as exc:
+        return _fail(str(exc))
+    try:
+        grants = node.grants(now)
+        usage = node.store.latest_usage()
+        alarms = node.store.alarms(active_only=True)
+        mode = node.mode
+    finally:
+        node.close()
+    print(f"mode: {mode.upper()}")
+    licenses = usage[1]["licenses"] if usage else {}
+    print(f"{'pool':<8} {'keys':>6} {'in use':>8} {'cluster':>8} {'capacity':>9}")
+    for pool in ("rms", "room", "desktop", "cmr"):
+        row = licenses.get(pool)
+        in_use = f"{row['in_use']:g}" if row else "-"
+        cluster = f"{row['in_use_cluster']:g}" if row else "-"
+        capacity = str(row["capacity"]) if row else "-"
+        print(f"{pool:<8} {grants.quantities.get(pool, 0):>6} {in_use:>8} {cluster:>8} {capacity:>9}")
+    if usage:
+        at, snap = usage
+        print(f"calls: {snap['calls']} of {snap['call_capacity']} video-call capacity "
+              f"({100 * snap['call_load']:.0f}%); registrations: {snap['registrations']} of "
+              f"{snap['registration_capacity']} (MRA {snap['mra_registrations']} of "
+              f"{snap['mra_registration_capacity']})  [as of {_when(at)}]")
+    else:
+        print("in use: no usage recorded (the node has not run with this state directory)")
+    print("alarms:" + ("" if alarms else " none"))
+    for alarm in alarms:
+        print(f"  {alarm.id} [{alarm.rule}, {alarm.severity}] since {_when(alarm.raised_at)}: {alarm.reason}")
+    return 0
+
+
+def cmd_mode(args) -> int:
+    try:
+        node = _open(args)
+    except StoreError as exc:
+        return _fail(str(exc))
+    try:
+        if args.product:
+            node.store.set_meta("product", args.product)
+        if args.target is None:
+            print(f"license mode: {node.mode.upper()} (product {node.product})")
+            return 0
+        if args.target == "pak":
+            modes.switch_to_pak(node.mode)  # refuses from Smart (L2)
+            print("license mode: PAK")
+            return 0
+        node.switch_to_smart()
+    except modes.ModeRefused as exc:
+        return _fail(str(exc))
+    finally:
+        node.close()
+    print("license mode: SMART (option keys no longer apply; back to PAK only through factory-reset)")
+    return 0
+
+
+def cmd_factory_reset(args) -> int:
+    if not args.yes:
+        print("Factory reset returns all licensing configuration and state to defaults (PAK mode,\n"
+              "no option keys). A backup is written first. Type 'yes' to continue: ", end="", flush=True)
+        answer = sys.stdin.readline().strip().lower()
+        if answer != "yes":
+            return _fail("factory reset cancelled")
+    try:
+        node = _open(args)
+        try:
+            path = node.factory_reset(confirmed=True, backup_path=args.backup, now=time.time())
+        finally:
+            node.close()
+    except StoreError as exc:
+        return _fail(str(exc))
+    print(f"backup written: {path}")
+    print("licensing state reset: PAK mode, no option keys")
+    return 0

@@ -1,0 +1,245 @@
+"""Durable licensing state in SQLite under the node's state directory.
+
+This is the package's one I/O module (the domain modules never import it): option keys, the
+license mode, alarms, the node serial, the trusted issuer public key and recent usage snapshots,
+all surviving a restart (DESIGN.md principle 4).
+
+First use creates what is missing: the node serial (random, like a hardware serial) and, for a
+lab, an issuer key pair file ``issuer-ed25519.pem`` whose public key the node then trusts. A
+factory reset (L2) keeps both, as a real box keeps its serial and the vendor key in its firmware,
+and returns everything else to defaults after writing a backup.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sqlite3
+import time
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding, NoEncryption, PrivateFormat, PublicFormat, load_pem_private_key, load_pem_public_key,
+)
+
+from meter.licensing.alarms import Alarm
+from meter.licensing.modes import DEFAULT_MODE
+
+DB_NAME = "licensing.sqlite"
+ISSUER_KEY_NAME = "issuer-ed25519.pem"
+SCHEMA_VERSION = 1
+# Usage snapshots kept for `meter licenses` and the API: a day at one per minute and a half.
+USAGE_ROWS_KEPT = 2000
+# A CLI command and the running node may write at the same time; wait rather than fail.
+BUSY_TIMEOUT_MS = 5000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS option_keys (
+    idx INTEGER PRIMARY KEY, key TEXT NOT NULL, added_at REAL NOT NULL, pending_restart INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS alarms (
+    id TEXT PRIMARY KEY, rule TEXT NOT NULL, severity TEXT NOT NULL, reason TEXT NOT NULL,
+    raised_at REAL NOT NULL, cleared_at REAL, cleared_reason TEXT NOT NULL DEFAULT '');
+CREATE TABLE IF NOT EXISTS usage (at REAL NOT NULL, snapshot TEXT NOT NULL);
+"""
+
+
+class StoreError(Exception):
+    """State that cannot be read or written; the message names the file."""
+
+
+class LicensingStore:
+    def __init__(self, state_dir: str | Path) -> None:
+        self.state_dir = Path(state_dir)
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            self.path = self.state_dir / DB_NAME
+            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"{self.state_dir / DB_NAME}: cannot open licensing state: {exc}") from None
+        if self.get_meta("schema_version") is None:
+            self.set_meta("schema_version", str(SCHEMA_VERSION))
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> LicensingStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- meta ---------------------------------------------------------------------------
+
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._db.execute("INSERT INTO meta (key, value) VALUES (?, ?) "
+                         "ON CONFLICT(key) DO UPDATE SET value = excluded.value", (key, value))
+
+    @property
+    def serial(self) -> str:
+        """The node serial keys are bound to; created on first use."""
+        serial = self.get_meta("serial")
+        if serial is None:
+            serial = "MTR" + secrets.token_hex(4).upper()
+            self.set_meta("serial", serial)
+        return serial
+
+    @property
+    def mode(self) -> str:
+        return self.get_meta("mode", DEFAULT_MODE)
+
+    @mode.setter
+    def mode(self, value: str) -> None:
+        self.set_meta("mode", value)
+
+    # ---- issuer keys --------------------------------------------------------------------
+
+    @property
+    def issuer_key_path(self) -> Path:
+        return self.state_dir / ISSUER_KEY_NAME
+
+    def issuer_public_key(self) -> Ed25519PublicKey:
+        """The issuer key this node trusts. First use: trust the lab issuer file, creating it if missing."""
+        stored = self.get_meta("issuer_public_key")
+        if stored is None:
+            path = self.issuer_key_path
+            private = load_issuer(path) if path.exists() else create_issuer(path)
+            self.trust(private.public_key())
+            stored = self.get_meta("issuer_public_key")
+        return Ed25519PublicKey.from_public_bytes(bytes.fromhex(stored))
+
+    def trust(self, public_key: Ed25519PublicKey) -> None:
+        self.set_meta("issuer_public_key", public_key.public_bytes(Encoding.Raw, PublicFormat.Raw).hex())
+
+    # ---- option keys --------------------------------------------------------------------
+
+    def key_rows(self) -> list[tuple[int, str, float, bool]]:
+        rows = self._db.execute("SELECT idx, key, added_at, pending_restart FROM option_keys ORDER BY idx")
+        return [(i, k, a, bool(p)) for i, k, a, p in rows]
+
+    def put_key(self, index: int, key: str, added_at: float, pending_restart: bool) -> None:
+        self._db.execute(
+            "INSERT INTO option_keys (idx, key, added_at, pending_restart) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(idx) DO UPDATE SET key = excluded.key, added_at = excluded.added_at, "
+            "pending_restart = excluded.pending_restart", (index, key, added_at, int(pending_restart)))
+
+    def delete_key(self, index: int) -> None:
+        self._db.execute("DELETE FROM option_keys WHERE idx = ?", (index,))
+
+    def clear_restart_flags(self) -> None:
+        self._db.execute("UPDATE option_keys SET pending_restart = 0")
+
+    # ---- alarms -------------------------------------------------------------------------
+
+    def save_alarm(self, alarm: Alarm) -> None:
+        self._db.execute(
+            "INSERT INTO alarms (id, rule, severity, reason, raised_at, cleared_at, cleared_reason) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET rule = excluded.rule, "
+            "severity = excluded.severity, reason = excluded.reason, raised_at = excluded.raised_at, "
+            "cleared_at = excluded.cleared_at, cleared_reason = excluded.cleared_reason",
+            (alarm.id, alarm.rule, alarm.severity, alarm.reason, alarm.raised_at, alarm.cleared_at,
+             alarm.cleared_reason))
+
+    def alarms(self, *, active_only: bool = True) -> list[Alarm]:
+        sql = "SELECT id, rule, severity, reason, raised_at, cleared_at, cleared_reason FROM alarms"
+        if active_only:
+            sql += " WHERE cleared_at IS NULL"
+        return [Alarm(*row) for row in self._db.execute(sql + " ORDER BY raised_at, id")]
+
+    # ---- usage snapshots ----------------------------------------------------------------
+
+    def record_usage(self, snapshot: dict, now: float) -> None:
+        """Keep a ledger snapshot (``Snapshot.to_dict()``) for `meter licenses` and the API."""
+        self._db.execute("INSERT INTO usage (at, snapshot) VALUES (?, ?)", (now, json.dumps(snapshot)))
+        self._db.execute("DELETE FROM usage WHERE rowid NOT IN "
+                         "(SELECT rowid FROM usage ORDER BY at DESC LIMIT ?)", (USAGE_ROWS_KEPT,))
+
+    def latest_usage(self) -> tuple[float, dict] | None:
+        row = self._db.execute("SELECT at, snapshot FROM usage ORDER BY at DESC LIMIT 1").fetchone()
+        return (row[0], json.loads(row[1])) if row else None
+
+    # ---- backup and factory reset (L2) --------------------------------------------------
+
+    def backup(self, path: str | Path) -> Path:
+        path = Path(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with sqlite3.connect(path) as target:
+                self._db.backup(target)
+            target.close()
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"{path}: cannot write backup: {exc}") from None
+        return path
+
+    def default_backup_path(self, now: float | None = None) -> Path:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() if now is None else now))
+        return self.state_dir / f"backup-{stamp}.sqlite"
+
+    def factory_reset(self, *, confirmed: bool, backup_path: str | Path) -> Path:
+        """L2: write a backup, then return keys, mode, alarms and usage to defaults. Keeps the serial
+        and the trusted issuer key. Refuses without ``confirmed``."""
+        if not confirmed:
+            raise StoreError("factory reset needs an explicit confirmation")
+        written = self.backup(backup_path)
+        keep = {k: self.get_meta(k) for k in ("serial", "issuer_public_key", "schema_version")}
+        self._db.execute("BEGIN")
+        try:
+            for table in ("option_keys", "alarms", "usage", "meta"):
+                self._db.execute(f"DELETE FROM {table}")
+            for key, value in keep.items():
+                if value is not None:
+                    self.set_meta(key, value)
+            self._db.execute("COMMIT")
+        except sqlite3.Error:
+            self._db.execute("ROLLBACK")
+            raise
+        return written
+
+
+def create_issuer(path: str | Path) -> Ed25519PrivateKey:
+    """A new lab issuer key pair: PKCS#8 PEM private key (mode 0600) and ``<path>.pub``."""
+    path = Path(path)
+    private = Ed25519PrivateKey.generate()
+    pem = private.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+        path.with_name(path.name + ".pub").write_bytes(
+            private.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot create issuer key: {exc.strerror}") from None
+    return private
+
+
+def load_issuer(path: str | Path) -> Ed25519PrivateKey:
+    try:
+        key = load_pem_private_key(Path(path).read_bytes(), password=None)
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot read issuer key: {exc.strerror}") from None
+    except ValueError as exc:
+        raise StoreError(f"{path}: not a PEM private key: {exc}") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise StoreError(f"{path}: expected an Ed25519 private key")
+    return key
+
+
+def load_public(path: str | Path) -> Ed25519PublicKey:
+    try:
+        key = load_pem_public_key(Path(path).read_bytes())
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot read public key: {exc.strerror}") from None
+    except ValueError as exc:
+        raise StoreError(f"{path}: not a PEM public key: {exc}") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise StoreError(f"{path}: expected an Ed25519 public key")
+    return key
