@@ -36,6 +36,11 @@ log = logging.getLogger("meter.metering")
 # If no 200 OK comes (401 challenge never answered, 403, timeout), the reservation lapses after
 # 64*T1 = 32 s, the non-INVITE transaction timeout (RFC 3261 §17.1.2.2 Timer F).
 RESERVATION_SECONDS = 32.0
+# Usage history kept in the state directory for `meter licenses` (principle 4: durable usage).
+USAGE_RECORD_SECONDS = 60.0
+# Option keys set with `meter xconfiguration option N key K` while the node runs land in the
+# state directory; the node looks for them this often (one small SQLite read).
+KEY_POLL_SECONDS = 5.0
 
 # Refusals answer 503 (the ledger's hint: capacity, try later or elsewhere) with a Warning naming
 # the license (RFC 3261 §20.43, code 399: miscellaneous warning).
@@ -99,6 +104,9 @@ class Metering:
         self.refusals = Refusals()
         self.sip_node = None
         self._next_key_change: float | None = None
+        self._next_usage_record = 0.0
+        self._next_key_poll = 0.0
+        self._key_rows: list | None = None
 
     # ---- construction ------------------------------------------------------------------
 
@@ -127,6 +135,16 @@ class Metering:
         self._next_key_change = self.licensing.next_change(now)
         log_event(log, "licenses.in_force", quantities=dict(grants.quantities))
 
+    def _reload_keys(self, now: float) -> None:
+        rows = self.licensing.store.key_rows()
+        if rows == self._key_rows:
+            return
+        first = self._key_rows is None
+        self._key_rows = rows
+        if not first:  # keys changed on disk (the CLI) since the node last looked
+            self.licensing.keys.load(rows)
+            self.refresh_licenses(now)
+
     def attach_sip(self, sip_node) -> None:
         self.sip_node = sip_node
 
@@ -147,12 +165,18 @@ class Metering:
 
     def tick(self, now: float) -> None:
         self.ledger.tick(now)
+        if self.licensing is not None and now >= self._next_key_poll:
+            self._next_key_poll = now + KEY_POLL_SECONDS
+            self._reload_keys(now)
         if self._next_key_change is not None and now >= self._next_key_change:
             self.refresh_licenses(now)
         lapsed = [k for k, r in self.registrations.items()
                   if r.reserved_until is not None and r.reserved_until <= now]
         for key in lapsed:
             self._release_registration(key, "reservation lapsed", now)
+        if self.licensing is not None and now >= self._next_usage_record:
+            self._next_usage_record = now + USAGE_RECORD_SECONDS
+            self.licensing.store.record_usage(self.ledger.snapshot(now).to_dict(), now)
 
     # ---- registrations -----------------------------------------------------------------
 
@@ -240,7 +264,8 @@ class Metering:
         if decision.ok:
             return ALLOW
         text = REFUSAL_REASONS.get(decision.reason, decision.reason)
-        warning = f'399 {self.node_name} "{text} ({decision.reason}; rules {",".join(decision.rules)})"'
+        # The SIP node wraps this as `Warning: 399 <its host:port> "<text>"` (RFC 3261 §20.43).
+        warning = f'{text} ({decision.reason}; rules {",".join(decision.rules)})'
         return Verdict.refuse(decision.status or 503, f"Service Unavailable - {text}", warning)
 
     # ---- views for the API and CLI -----------------------------------------------------
