@@ -1,0 +1,139 @@
+"""Calls and their dialogs (RFC 3261 §12), as the node sees them pass. Sans-I/O.
+
+A *call* is what one initial INVITE starts, keyed by Call-ID and the caller's From tag; its
+*dialogs* (early, then confirmed) are keyed by the callee's To tag, so several forked early
+dialogs can exist. A request from either side finds its call with the Call-ID and either tag.
+
+The table is what makes "every allowed call ends exactly once" hold: :meth:`DialogTable.end`
+removes the call and answers True only the first time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from meter.sip.peer import Peer
+
+# Call states, in the order a call moves through them.
+TRYING = "trying"  # INVITE forwarded, no dialog yet
+EARLY = "early"  # a provisional with a To tag came back (RFC 3261 §12.1)
+ANSWERED = "answered"  # 2xx forwarded, ACK not yet seen
+CONFIRMED = "confirmed"  # ACK for the 2xx seen (RFC 3261 §13.2.2.4)
+
+# Dialog states (RFC 3261 §12): early, confirmed; a terminated dialog leaves the table.
+DIALOG_EARLY = "early"
+DIALOG_CONFIRMED = "confirmed"
+DIALOG_TERMINATED = "terminated"
+
+
+@dataclass(slots=True)
+class Dialog:
+    to_tag: str
+    state: str
+    created: float
+
+
+@dataclass(slots=True)
+class Call:
+    call_id: str
+    from_tag: str
+    from_aor: str
+    to_aor: str
+    request_uri: str
+    source: Peer
+    created: float
+    """Monotonic time of the initial INVITE (the reaper's clock)."""
+    started: float
+    """Wall-clock time of the initial INVITE (what the API shows)."""
+    offer_sdp: bytes = b""
+    answer_sdp: bytes = b""
+    state: str = TRYING
+    dialogs: dict[str, Dialog] = field(default_factory=dict)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.call_id, self.from_tag
+
+
+class DialogTable:
+    def __init__(self) -> None:
+        # Insertion order is creation order: the reaper walks from the oldest and stops early.
+        self._calls: dict[tuple[str, str], Call] = {}
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    def __iter__(self):
+        return iter(list(self._calls.values()))
+
+    def add(self, call: Call) -> None:
+        self._calls[call.key] = call
+
+    def find(self, call_id: str, tag: str | None, other_tag: str | None = None) -> Call | None:
+        """The call of a message: the caller's tag is From (caller -> callee) or To (callee -> caller)."""
+        calls = self._calls
+        if tag is not None:
+            call = calls.get((call_id, tag))
+            if call is not None:
+                return call
+        if other_tag is not None:
+            return calls.get((call_id, other_tag))
+        return None
+
+    def provisional(self, call: Call, to_tag: str | None, now: float) -> None:
+        """A 1xx with a To tag creates an early dialog (RFC 3261 §12.1)."""
+        if to_tag is None or to_tag in call.dialogs:
+            return
+        call.dialogs[to_tag] = Dialog(to_tag, DIALOG_EARLY, now)
+        if call.state == TRYING:
+            call.state = EARLY
+
+    def answered(self, call: Call, to_tag: str | None, answer_sdp: bytes, now: float) -> bool:
+        """A 2xx confirms its dialog; True the first time the call is answered."""
+        tag = to_tag or ""
+        dialog = call.dialogs.get(tag)
+        if dialog is None:
+            call.dialogs[tag] = Dialog(tag, DIALOG_CONFIRMED, now)
+        else:
+            dialog.state = DIALOG_CONFIRMED
+        if call.state in (TRYING, EARLY):
+            call.state = ANSWERED
+            call.answer_sdp = answer_sdp
+            # RFC 3261 §13.2.2.4: other early dialogs of the call stay until their own answer;
+            # a proxy does not know the caller's choice, so they are dropped with the call.
+            return True
+        return False
+
+    def confirmed(self, call: Call) -> bool:
+        """The ACK of the 2xx passed; True the first time."""
+        if call.state == ANSWERED:
+            call.state = CONFIRMED
+            return True
+        return False
+
+    def end(self, call: Call) -> bool:
+        """Remove the call and its dialogs; True only for the first end of a live call."""
+        if self._calls.get(call.key) is call:
+            del self._calls[call.key]
+            for dialog in call.dialogs.values():
+                dialog.state = DIALOG_TERMINATED
+            return True
+        return False
+
+    def reap(self, now: float, max_age: float) -> list[Call]:
+        """Remove and return calls created more than ``max_age`` seconds ago."""
+        old = []
+        limit = now - max_age
+        for call in self._calls.values():
+            if call.created > limit:
+                break  # insertion order is creation order
+            old.append(call)
+        for call in old:
+            self.end(call)
+        return old
+
+    def clear(self) -> list[Call]:
+        calls = list(self._calls.values())
+        for call in calls:
+            self.end(call)
+        return calls

@@ -1,0 +1,114 @@
+"""The SIP node: binds UDP and TCP, wires them to the sans-I/O core, exposes read-only views.
+
+    node = SipNode(settings, policy)
+    await node.start()      # binds; node.port is the port actually bound
+    ...
+    await node.close()      # ends every call and binding through the policy ("node shutdown")
+
+Works on uvloop (the lead's runner installs it) and on the default asyncio loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+
+from meter.codecs.sip import DEFAULT_LIMITS, Limits
+from meter.logs import log_event
+from meter.sip.clock import LoopClock
+from meter.sip.core import SipCore
+from meter.sip.counters import SipCounters
+from meter.sip.peer import Peer
+from meter.sip.policy import SipPolicy
+from meter.sip.routing import Advertised, is_ip
+from meter.sip.settings import SipSettings
+from meter.sip.transport import Transports
+
+log = logging.getLogger("meter.sip")
+
+
+class SipNode:
+    def __init__(self, settings: SipSettings | None = None, policy: SipPolicy | None = None) -> None:
+        self.settings = settings or SipSettings()
+        self.policy = policy
+        self.counters = SipCounters()
+        self.core: SipCore | None = None
+        self._transports: Transports | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        limits = Limits(max_message_bytes=s.max_message_bytes, max_headers=s.max_headers,
+                        max_header_bytes=min(DEFAULT_LIMITS.max_header_bytes, s.max_message_bytes))
+        transports = Transports(loop=loop, limits=limits, stats=self.counters, tcp_idle_timeout=s.tcp_idle_timeout,
+                                tcp_max_connections=s.tcp_max_connections)
+        self.port = await transports.start(s.host, s.port, udp=s.udp, tcp=s.tcp)
+        self._transports = transports
+        unspecified = ipaddress.ip_address(s.host).is_unspecified
+        adv_host = s.advertised_host or (_primary_address() if unspecified else s.host)
+        advertised = Advertised(adv_host, s.advertised_port or self.port)
+        local_names = [f"{adv_host}:{self.port}"]
+        if unspecified:
+            local_names += ["127.0.0.1", "localhost"]
+        else:
+            local_names.append(s.host)
+        upstream = None
+        if s.upstream:
+            host, port = s.upstream_hostport
+            if not is_ip(host):
+                infos = await loop.getaddrinfo(host, port, family=socket.AF_INET, type=socket.SOCK_DGRAM)
+                host = infos[0][4][0]
+            upstream = Peer(s.upstream_transport, host, port)
+        self.core = SipCore(s, clock=LoopClock(loop), send=transports.send, advertised=advertised,
+                            policy=self.policy, local_names=local_names, upstream=upstream, counters=self.counters)
+        transports.receiver = self.core
+        self.core.start()
+        log_event(log, "sip.started", host=s.host, port=self.port, mode=s.mode, advertised=advertised.hostport,
+                  upstream=str(upstream) if upstream else "", udp=s.udp, tcp=s.tcp)
+
+    async def close(self) -> None:
+        if self.core is not None:
+            self.core.close("node shutdown")
+        if self._transports is not None:
+            self._transports.receiver = None
+            await self._transports.close()
+        log_event(log, "sip.stopped", port=self.port)
+
+    # -- read-only views for the CLI and the API ----------------------------------------------------------
+
+    def bindings(self) -> list[dict]:
+        return self.core.binding_views() if self.core else []
+
+    def calls(self) -> list[dict]:
+        return self.core.call_views() if self.core else []
+
+    dialogs = calls
+
+    def stats(self) -> dict:
+        out = self.counters.snapshot()
+        if self.core is not None:
+            out["transactions_server"] = len(self.core.txns.servers)
+            out["transactions_client"] = len(self.core.txns.clients)
+            out["retransmissions_sent"] = self.core.txns.retransmissions
+            out["transaction_timeouts"] = self.core.txns.timeouts
+            out["transaction_errors"] = self.core.txns.errors
+            out["bindings"] = len(self.core.registrar)
+            out["calls"] = len(self.core.dialogs)
+        if self._transports is not None:
+            out["tcp_connections"] = len(self._transports.by_id)
+        return out
+
+
+def _primary_address() -> str:
+    """The address of the interface that routes outward; a UDP connect sends no packet."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(("192.0.2.1", 9))  # TEST-NET-1 (RFC 5737): never actually reached
+        return probe.getsockname()[0]
+    except OSError:
+        return "127.0.0.1"
+    finally:
+        probe.close()

@@ -1,0 +1,127 @@
+"""Where the SIP node asks licensing and metering what to do (DESIGN.md principle 4).
+
+The node calls a :class:`SipPolicy` at fixed points; the licensing join plugs in there later. The
+contract the node keeps:
+
+- ``on_register`` before a REGISTER is accepted (standalone) or forwarded (inline); a refusal
+  answers the REGISTER with the verdict's status, reason and a Warning.
+- ``on_bindings`` after a registration change is confirmed: standalone accept, upstream 200 OK,
+  expiry, unregister, node shutdown. An empty ``bindings`` means the alias is no longer registered.
+- ``on_invite`` once per initial INVITE of a call (a spiral back through the node is the same call);
+  a refusal answers with the verdict. For every *allowed* call the node later calls
+  ``on_call_ended`` exactly once (BYE, CANCEL, final failure, timeout, reaper, node shutdown),
+  after at most one ``on_call_answered`` and at most one ``on_call_confirmed``.
+- ``on_call_answered`` comes with the first 2xx; for a late offer (an INVITE without SDP, RFC 3261
+  §13.2.1) it comes with the ACK instead, offer from the 2xx and answer from the ACK, just before
+  ``on_call_confirmed``.
+
+Hooks run on the event loop, inline with message handling: they must be quick and must not block.
+An exception in a hook is logged and counted; ``on_register``/``on_invite`` then answer 500.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from meter.sip.peer import Peer
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Allow, or refuse with a status, reason phrase and Warning text (RFC 3261 §20.43)."""
+
+    allowed: bool = True
+    status: int = 403
+    reason: str = "Forbidden"
+    warning: str = ""
+
+    @classmethod
+    def refuse(cls, status: int = 403, reason: str = "Forbidden", warning: str = "") -> "Verdict":
+        if not 300 <= status <= 699:
+            raise ValueError(f"a refusal needs a final non-2xx status, got {status}")
+        return cls(False, status, reason, warning)
+
+
+ALLOW = Verdict()
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterInfo:
+    """A REGISTER about to be accepted or forwarded."""
+
+    aor: str
+    """Address of record from To, normalised (``sip:alice@example.com``)."""
+    contacts: tuple[str, ...]
+    """Contact URIs in the request; ``("*",)`` for an unregister-all."""
+    user_agent: str
+    source: Peer
+    expires: int
+    """Requested lifetime in seconds (Expires header, else the first Contact's expires, else the default); 0 = remove."""
+    call_id: str
+    mode: str
+    """"standalone" or "inline"."""
+
+
+@dataclass(frozen=True, slots=True)
+class BindingInfo:
+    """One current binding of an alias."""
+
+    contact: str
+    expires: int
+    """Seconds left."""
+    source: Peer
+    user_agent: str
+
+
+@dataclass(frozen=True, slots=True)
+class CallInfo:
+    """An initial INVITE about to be forwarded."""
+
+    call_id: str
+    from_aor: str
+    to_aor: str
+    request_uri: str
+    source: Peer
+    callee_registered: bool
+    """True when the Request-URI's alias has a binding on this node (standalone or learned inline)."""
+    offer_sdp: bytes
+    user_agent: str
+
+
+class SipPolicy(Protocol):
+    def on_register(self, info: RegisterInfo) -> Verdict: ...
+
+    def on_bindings(
+        self, aor: str, bindings: tuple[BindingInfo, ...], user_agent: str, source: Peer | None, now: float
+    ) -> None: ...
+
+    def on_invite(self, info: CallInfo) -> Verdict: ...
+
+    def on_call_answered(self, call_id: str, offer_sdp: bytes, answer_sdp: bytes) -> None: ...
+
+    def on_call_confirmed(self, call_id: str) -> None: ...
+
+    def on_call_ended(self, call_id: str, cause: str) -> None: ...
+
+
+class AllowAll:
+    """The default: everything passes, nothing is metered."""
+
+    def on_register(self, info: RegisterInfo) -> Verdict:
+        return ALLOW
+
+    def on_bindings(self, aor, bindings, user_agent, source, now) -> None:
+        pass
+
+    def on_invite(self, info: CallInfo) -> Verdict:
+        return ALLOW
+
+    def on_call_answered(self, call_id, offer_sdp, answer_sdp) -> None:
+        pass
+
+    def on_call_confirmed(self, call_id) -> None:
+        pass
+
+    def on_call_ended(self, call_id, cause) -> None:
+        pass

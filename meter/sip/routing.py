@@ -1,0 +1,148 @@
+"""Small routing rules of a proxy: who "this node" is, next hops from URIs and Vias, our Via
+branch (with RFC 3261 §16.6 step 8 loop detection), and the values of Via, Record-Route and Path."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from dataclasses import dataclass
+
+from meter.codecs.sip import BRANCH_MAGIC, URI, Request, Via
+from meter.sip.peer import Peer
+
+# Our branches: magic cookie, a marker, the loop hash, a per-request counter (RFC 3261 §16.6 step 8).
+BRANCH_PREFIX = BRANCH_MAGIC + "mtr"
+_HASH_LEN = 12
+
+
+def default_port(scheme: str, transport: str = "udp") -> int:
+    # RFC 3261 §19.1.2: 5060 for sip over UDP/TCP, 5061 for sips / TLS.
+    return 5061 if scheme == "sips" or transport == "tls" else 5060
+
+
+def strip_brackets(host: str) -> str:
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
+def is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(strip_brackets(host))
+    except ValueError:
+        return False
+    return True
+
+
+def uri_transport(uri: URI, default: str = "udp") -> str:
+    t = uri.params.get("transport")
+    return t.lower() if t else default
+
+
+def uri_peer(uri: URI, default_transport: str = "udp") -> Peer:
+    """Next hop for a URI (RFC 3263 reduced to what a lab needs: no NAPTR/SRV, port default 5060)."""
+    transport = uri_transport(uri, default_transport)
+    host = strip_brackets(uri.params.get("maddr") or uri.host)
+    return Peer(transport, host, uri.port or default_port(uri.scheme, transport))
+
+
+def via_peer(via: Via, source: Peer | None = None) -> Peer:
+    """Where a response goes (RFC 3261 §18.2.2, RFC 3581 §4): received/rport, else sent-by."""
+    transport = via.transport.lower()
+    host = strip_brackets(via.received or via.host)
+    port = via.rport or via.port or default_port("sip", transport)
+    if source is not None and transport == source.transport and transport != "udp":
+        return source  # §18.2.2: reliable transport -> the connection the request came on
+    return Peer(transport, host, port)
+
+
+class LocalAddresses:
+    """Does a URI (Route, Request-URI) or a Via sent-by address this node?"""
+
+    def __init__(self, port: int, names: list[str]) -> None:
+        self.port = port
+        self._names: set[tuple[str, int]] = set()
+        for name in names:
+            self.add(name)
+
+    def add(self, name: str) -> None:
+        host, port = _split_hostport(name)
+        self._names.add((host, port or self.port))
+
+    def matches(self, host: str, port: int | None, transport: str = "udp") -> bool:
+        return (strip_brackets(host).lower(), port or default_port("sip", transport)) in self._names
+
+    def uri(self, uri: URI) -> bool:
+        return uri.is_sip and self.matches(uri.host, uri.port, uri_transport(uri))
+
+    def via(self, via: Via) -> bool:
+        return self.matches(via.host, via.port, via.transport.lower())
+
+
+def _split_hostport(text: str) -> tuple[str, int | None]:
+    text = text.strip().lower()
+    if text.startswith("["):
+        end = text.find("]")
+        host, rest = text[1:end], text[end + 1:]
+        return host, int(rest[1:]) if rest.startswith(":") else None
+    if text.count(":") == 1:
+        host, _, port = text.partition(":")
+        return host, int(port)
+    return text, None
+
+
+# -- loop detection (RFC 3261 §16.3 step 4, §16.6 step 8) -----------------------------------------------
+
+
+def loop_hash(req: Request) -> str:
+    """Hash of what decides where a request goes (RFC 3261 §16.6 step 8: Request-URI, tags, Call-ID,
+    CSeq number, Route), taken after our own Route entries are popped. A request that comes back
+    carrying our Via with the same hash has looped; a different one (a Request-URI rewritten by the
+    upstream registrar's lookup, a Route consumed) is a legitimate spiral."""
+    cseq = req.cseq.number
+    routes = ",".join(req.header_values("route"))
+    parts = f"{req.uri}\x00{req.from_.tag}\x00{req.to.tag}\x00{req.call_id}\x00{cseq}\x00{routes}"
+    return hashlib.blake2b(parts.encode("utf-8", "surrogateescape"), digest_size=6).hexdigest()
+
+
+def make_branch(hash_: str, seq: int) -> str:
+    return f"{BRANCH_PREFIX}{hash_}.{seq:x}"
+
+
+def looped(req: Request, local: LocalAddresses) -> bool:
+    """RFC 3261 §16.3 step 4: one of our own Vias below the top carries this request's loop hash."""
+    mine = [v for v in req.vias if v.branch and v.branch.startswith(BRANCH_PREFIX) and local.via(v)]
+    if not mine:
+        return False
+    h = loop_hash(req)
+    return any(v.branch[len(BRANCH_PREFIX): len(BRANCH_PREFIX) + _HASH_LEN] == h for v in mine)
+
+
+def stateless_branch(incoming_branch: str) -> str:
+    """RFC 3261 §16.11: a stateless forward's branch is a function of the incoming one, so a
+    retransmission gets the same branch."""
+    digest = hashlib.blake2b(incoming_branch.encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
+    return f"{BRANCH_PREFIX}sl{digest}"
+
+
+# -- header values written by the node ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Advertised:
+    """How the node names itself in Via, Record-Route and Path."""
+
+    host: str
+    port: int
+
+    @property
+    def hostport(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    def via(self, transport: str, branch: str) -> str:
+        # RFC 3581 §3: ask for rport so responses come back to the port we sent from.
+        return f"SIP/2.0/{transport.upper()} {self.hostport};branch={branch};rport"
+
+    def route_uri(self, transport: str) -> str:
+        # RFC 3261 §16.6 step 4: lr marks a loose router; transport when it is not UDP.
+        tp = "" if transport == "udp" else f";transport={transport}"
+        return f"<sip:{self.hostport}{tp};lr>"
