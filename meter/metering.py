@@ -103,6 +103,8 @@ class Metering:
         self.calls: dict[tuple[str, str], CallRecord] = {}
         self.refusals = Refusals()
         self.sip_node = None
+        # SIP AOR by "user" and "user@host": how an H.323 alias finds a SIP registration (C9).
+        self._sip_names: dict[str, str] = {}
         self._next_key_change: float | None = None
         self._next_usage_record = 0.0
         self._next_key_poll = 0.0
@@ -151,6 +153,17 @@ class Metering:
     def sip_policy(self) -> "SipMetering":
         return SipMetering(self)
 
+    def ras_policy(self):
+        from meter.metering_h323 import RasMetering
+
+        return RasMetering(self)
+
+    def sip_aor_for(self, name: str) -> str | None:
+        """The SIP AOR registered here under ``name`` ("bob", "bob@lab.test" or "sip:bob@lab.test")."""
+        if name.startswith(("sip:", "sips:")):
+            name = name.partition(":")[2]
+        return self._sip_names.get(name.lower())
+
     def close(self) -> None:
         now = self.clock()
         released = self.ledger.release_all(now)
@@ -158,6 +171,7 @@ class Metering:
             log_event(log, "metering.released_at_shutdown", charges=released)
         self.registrations.clear()
         self.calls.clear()
+        self._sip_names.clear()
         if self.licensing is not None:
             self.licensing.close()
 
@@ -195,6 +209,8 @@ class Metering:
         device = (match.model if match else facts.h323_product) or "unknown"
         self._note(decision, "registration", alias=alias, protocol=protocol, device=device)
         if decision.ok:
+            if protocol == "sip":
+                self._index_sip(alias, add=True)
             self.registrations[key] = RegistrationRecord(
                 alias, protocol, _device_class(charge.license), str(charge.license), device, decision.rules,
                 now + RESERVATION_SECONDS if reserve else None)
@@ -204,9 +220,20 @@ class Metering:
         record = self.registrations.pop(key, None)
         if record is None:
             return
+        if record.protocol == "sip":
+            self._index_sip(record.alias, add=False)
         self.ledger.release(key, now)
         log_event(log, "registration.released", logging.DEBUG, alias=record.alias,
                   protocol=record.protocol, cause=cause)
+
+    def _index_sip(self, aor: str, *, add: bool) -> None:
+        user_host = aor.partition(":")[2].lower()
+        names = (user_host, user_host.partition("@")[0])
+        for name in names:
+            if add:
+                self._sip_names[name] = aor
+            elif self._sip_names.get(name) == aor:
+                del self._sip_names[name]
 
     def release_registration(self, protocol: str, alias: str, cause: str, now: float) -> None:
         self._release_registration((protocol, alias), cause, now)
