@@ -372,8 +372,7 @@ class SipMetering:
     def _callee_side(self, info: CallInfo) -> tuple[str, str, ZoneSettings | None]:
         if info.callee_registered:
             return LOCAL, self.m.role, None
-        host = info.request_uri.partition("@")[2].split(";")[0].split(":")[0] if "@" in info.request_uri else ""
-        zone = self.m.zones.for_uri(info.request_uri, host)
+        zone = self.m.zones.for_uri(info.request_uri, _uri_host(info.request_uri))
         if zone is not None:
             return zone.kind, _zone_registered(zone), zone
         if self.m.sip_mode == "inline":
@@ -383,6 +382,10 @@ class SipMetering:
     def _from_upstream(self, info: CallInfo) -> bool:
         core = getattr(self.m.sip_node, "core", None)
         return bool(core and core._from_upstream(info.source))
+
+    def route(self, request_uri: str) -> str | None:
+        zone = self.m.zones.for_uri(request_uri, _uri_host(request_uri))
+        return None if zone is None else zone.target
 
     def on_call_answered(self, call_id, offer_sdp, answer_sdp) -> None:
         record = self.m.calls.get(("sip", call_id))
@@ -396,6 +399,16 @@ class SipMetering:
 
     def on_call_ended(self, call_id, cause) -> None:
         self.m.end_call("sip", call_id, cause, self.m.clock())
+
+
+def _uri_host(uri: str) -> str:
+    """The host of a SIP URI, cheaply (no full parse on the hot path): sip:user@HOST:port;params."""
+    rest = uri.partition(":")[2]
+    rest = rest.rpartition("@")[2]
+    host = rest.split(";", 1)[0].split("?", 1)[0]
+    if host.startswith("["):
+        return host[1:host.find("]")]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
 
 
 def negotiated_m_lines(offer: bytes, answer: bytes) -> int | None:

@@ -403,9 +403,13 @@ class SipCore:
         hit = self.registrar.by_contact(uri, now)
         if hit is not None:  # the Request-URI already is a registered contact (after the upstream's lookup)
             return [Target(None, self._binding_peer(hit, uri))], None, True
+        if self.mode == "standalone" and bindings:  # RFC 3261 §16.5: the contacts are the target set (parallel fork)
+            return [Target(str(b.uri), self._binding_peer(b, b.uri)) for b in bindings], None, True
+        if not bindings and not self._from_upstream(source):
+            zone_hop = self._zone_route(req)
+            if zone_hop is not None:
+                return [Target(None, zone_hop)], None, False
         if self.mode == "standalone":
-            if bindings:  # RFC 3261 §16.5: the registrar's contacts are the target set (parallel fork)
-                return [Target(str(b.uri), self._binding_peer(b, b.uri)) for b in bindings], None, True
             if self.registrar.is_known(uri.aor):
                 return [], (480, "Temporarily Unavailable"), False
             return [], (404, "Not Found"), False
@@ -414,6 +418,19 @@ class SipCore:
                 return [], (404, "Not Found"), False
             return [Target(None, uri_peer(uri))], None, bool(bindings)
         return [Target(None, self.upstream)], None, bool(bindings)
+
+    def _zone_route(self, req: Request) -> Peer | None:
+        """The policy's zone routing (search rules): where a request no binding claims goes."""
+        route = getattr(self.policy, "route", None)
+        if route is None:
+            return None
+        target = route(req.uri)
+        if target is None:
+            return None
+        if not target:
+            return uri_peer(req.request_uri)
+        host, _, port = target.rpartition(":")
+        return Peer("udp", host.strip("[]"), int(port))
 
     def _in_dialog(self, txn: ServerTransaction, req: Request, hint: str | None) -> None:
         """RFC 3261 §16.12: in-dialog requests follow Route, then the Request-URI (the remote target)."""

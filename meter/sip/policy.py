@@ -104,6 +104,12 @@ class SipPolicy(Protocol):
 
     def on_call_ended(self, call_id: str, cause: str) -> None: ...
 
+    def route(self, request_uri: str) -> str | None:
+        """Zone routing (an Expressway's search rules) for an initial request the node has no
+        binding for: "host:port" to send it there, "" to send it to the Request-URI's own host,
+        None when no zone claims it (standalone then answers 404/480, inline sends it upstream)."""
+        ...
+
 
 class AllowAll:
     """The default: everything passes, nothing is metered."""
@@ -125,3 +131,6 @@ class AllowAll:
 
     def on_call_ended(self, call_id, cause) -> None:
         pass
+
+    def route(self, request_uri) -> str | None:
+        return None
