@@ -331,8 +331,11 @@ class SipMetering:
 
     # -- registrations
     def on_register(self, info: RegisterInfo) -> Verdict:
-        if info.expires == 0 or info.contacts == ("*",):
-            return ALLOW  # removing bindings never costs anything
+        if not info.contacts or info.contacts == ("*",):
+            return ALLOW  # a query (RFC 3261 §10.2.3) or remove-all: nothing to charge
+        if info.expires == 0 and len(info.contacts) == 1:
+            return ALLOW  # removing its one binding never costs anything
+        # Several contacts: `expires` is the first one's, and another may still bind: charge.
         m = self.m
         facts = RegistrationFacts(m.role, "sip", "direct", 1, info.user_agent)
         decision = m.charge_registration("sip", info.aor, facts, m.clock(), reserve=info.mode == "inline")
