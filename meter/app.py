@@ -25,6 +25,7 @@ class Node:
         self.admin = None
         self.metering = None
         self.latency = None
+        self.pool_sync = None
         self._ticker: asyncio.Task | None = None
 
     async def start(self) -> None:
@@ -35,6 +36,13 @@ class Node:
         from meter.sip.node import SipNode
 
         self.metering = Metering.from_config(self.config)
+        if self.config.cluster.store == "redis":
+            from meter.cluster.sync import PoolSync
+
+            # Before any listener: the first sync learns the cluster's licenses (P1) before a call.
+            self.pool_sync = PoolSync.from_settings(self.metering.ledger.pool, self.config.cluster,
+                                                    self.config.node.name)
+            await self.pool_sync.start()
         self.sip = SipNode(self.config.sip, self.metering.sip_policy())
         await self.sip.start()
         self.metering.attach_sip(self.sip)
@@ -67,6 +75,8 @@ class Node:
             await self.admin.close()
         if self.metering:
             self.metering.close()
+        if self.pool_sync:  # after the releases, so the last publish shows this node's usage at zero
+            await self.pool_sync.close()
         log_event(log, "node.stopped")
 
 

@@ -65,6 +65,7 @@ class LogSettings:
 
 def _section_types() -> dict[str, type]:
     # Imported here so that a broken component module names itself, not this loader.
+    from meter.cluster.settings import ClusterSettings
     from meter.sip.settings import SipSettings
     from meter.zones import ZoneSettings
 
@@ -72,6 +73,7 @@ def _section_types() -> dict[str, type]:
         "node": NodeSettings,
         "licensing": LicensingSettings,
         "sip": SipSettings,
+        "cluster": ClusterSettings,
         "admin": AdminSettings,
         "log": LogSettings,
         "zones": list[ZoneSettings],

@@ -121,7 +121,16 @@ class Metering:
         now = time.time()
         licensing = NodeLicensing.open(node.state_dir, product=node.product)
         licensing.node_started(now)  # K3: restart-pending keys take effect now
-        ledger = Ledger(node.name, node.role, platforms.get(node.platform),
+        cluster = config.cluster
+        if cluster.store == "redis":  # shared with the peers; PoolSync (meter.app) keeps it current
+            from meter.cluster.redis_pool import RedisPool
+
+            pool = RedisPool(peer_timeout=cluster.peer_timeout)
+        else:
+            from meter.cluster.pool import MemoryPool
+
+            pool = MemoryPool(peer_timeout=cluster.peer_timeout)
+        ledger = Ledger(node.name, node.role, platforms.get(node.platform), pool=pool,
                         mode=config.licensing.enforcement, alarms=licensing.alarms, now=now)
         metering = cls(ledger, DeviceCatalog.load(), ZoneTable(config.zones), role=node.role,
                        node_name=node.name, sip_mode=config.sip.mode, licensing=licensing)

@@ -22,6 +22,8 @@ def build_router(node) -> Router:
     router.add("GET", "/api/alarms", lambda req: HttpReply.json(
         [alarm_view(a) for a in metering().ledger.alarms.active()]))
     router.add("GET", "/api/sip", lambda req: HttpReply.json(node.sip.stats() if node.sip else {}))
+    router.add("GET", "/api/cluster", lambda req: HttpReply.json(
+        node.pool_sync.status()._asdict() if node.pool_sync else {"store": "memory"}))
     router.add("GET", "/", lambda req: HttpReply(200, _page(), "text/html; charset=utf-8"))
     return router
 

@@ -81,8 +81,21 @@ class NodeCollector:
         info.add_metric([name, snap.role, snap.mode, metering.sip_mode], 1)
         yield info
 
+        yield from self._cluster_families()
         yield from self._sip_families()
         yield from self._latency_families()
+
+    def _cluster_families(self):
+        sync = getattr(self.node, "pool_sync", None)
+        if sync is None:
+            return
+        status = sync.status()
+        up = GaugeMetricFamily("meter_cluster_store_up", "1 when the last sync with the shared license pool (Redis) succeeded.")
+        up.add_metric([], 1 if status.connected else 0)
+        yield up
+        failures = CounterMetricFamily("meter_cluster_sync_failures", "Syncs with the shared license pool that failed.")
+        failures.add_metric([], status.failures_total)
+        yield failures
 
     def _sip_families(self):
         sip = self.node.sip
