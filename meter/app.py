@@ -26,6 +26,7 @@ class Node:
         self.metering = None
         self.latency = None
         self.pool_sync = None
+        self.ras = None
         self._ticker: asyncio.Task | None = None
 
     async def start(self) -> None:
@@ -46,6 +47,11 @@ class Node:
         self.sip = SipNode(self.config.sip, self.metering.sip_policy())
         await self.sip.start()
         self.metering.attach_sip(self.sip)
+        if self.config.h323.enabled:
+            from meter.h323.node import RasNode
+
+            self.ras = RasNode(self.config.h323, self.metering.ras_policy())
+            await self.ras.start()
         self.latency = LatencyHistogram()
         transports = self.sip._transports
         transports.receiver = TimedReceiver(transports.receiver, self.latency)
@@ -54,7 +60,7 @@ class Node:
             self.admin = AdminServer(build_router(self), self.config.admin.host, self.config.admin.port)
             await self.admin.start()
         log_event(log, "node.started", name=self.config.node.name, role=self.config.node.role,
-                  mode=self.config.sip.mode, sip_port=self.sip.port,
+                  mode=self.config.sip.mode, sip_port=self.sip.port, ras_port=self.ras.port if self.ras else 0,
                   admin_port=self.admin.port if self.admin else 0, config=self.config.source)
 
     async def _tick(self) -> None:
@@ -71,6 +77,8 @@ class Node:
             self._ticker.cancel()
         if self.sip:
             await self.sip.close()  # ends every call and binding: releases all charges (principle 4)
+        if self.ras:
+            await self.ras.close()
         if self.admin:
             await self.admin.close()
         if self.metering:

@@ -66,6 +66,7 @@ class LogSettings:
 def _section_types() -> dict[str, type]:
     # Imported here so that a broken component module names itself, not this loader.
     from meter.cluster.settings import ClusterSettings
+    from meter.h323.settings import H323Settings
     from meter.sip.settings import SipSettings
     from meter.zones import ZoneSettings
 
@@ -73,6 +74,7 @@ def _section_types() -> dict[str, type]:
         "node": NodeSettings,
         "licensing": LicensingSettings,
         "sip": SipSettings,
+        "h323": H323Settings,
         "cluster": ClusterSettings,
         "admin": AdminSettings,
         "log": LogSettings,

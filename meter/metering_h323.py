@@ -21,6 +21,8 @@ from meter.zones import LOCAL
 # nothing about the price of an H.323 call (C4: audio-only H.323 still takes a whole license),
 # only how it is shown.
 AUDIO_ONLY_BANDWIDTH = 1280
+# Zones whose far side is SIP by definition (licensing-rules.md "Terms").
+SIP_ZONE_KINDS = frozenset({"third_party_sip", "lync_gateway"})
 
 
 def alias_key(alias: Alias) -> str:
@@ -80,7 +82,10 @@ class RasMetering:
         m = self.m
         caller_zone, caller_reg = self._side(info.caller, info.source)
         callee_zone, callee_reg, zone = self._callee(info.callee)
-        interworked = info.callee.registered == "sip" or info.resolved == "sip"
+        # The node interworks when the far side speaks SIP: an alias registered here over SIP, or a
+        # zone reached over SIP (C3 rows "C (H.323) | third-party SIP server", C9).
+        interworked = (info.callee.registered == "sip" or info.resolved == "sip"
+                       or (zone is not None and zone.kind in SIP_ZONE_KINDS))
         facts = CallFacts(
             role=m.role, caller_zone=caller_zone, caller_registered=caller_reg, caller_protocol="h323",
             callee_zone=callee_zone, callee_registered=callee_reg,

@@ -83,6 +83,7 @@ class NodeCollector:
 
         yield from self._cluster_families()
         yield from self._sip_families()
+        yield from self._ras_families()
         yield from self._latency_families()
 
     def _cluster_families(self):
@@ -115,6 +116,21 @@ class NodeCollector:
         malformed = CounterMetricFamily("meter_sip_malformed", "Malformed SIP messages: answered with 4xx/5xx and a reason, or dropped.", labels=["outcome"])
         malformed.add_metric(["answered"], stats.malformed_answered)
         malformed.add_metric(["dropped"], stats.malformed_dropped)
+        yield malformed
+
+    def _ras_families(self):
+        ras = getattr(self.node, "ras", None)
+        if ras is None:
+            return
+        stats = ras.counters
+        messages = CounterMetricFamily("meter_ras_messages", "H.225.0 RAS messages by direction and kind (RRQ, ARQ, ...).", labels=["direction", "kind"])
+        for direction, counter in (("in", stats.received), ("out", stats.sent)):
+            for kind, count in sorted(counter.items()):
+                messages.add_metric([direction, kind], count)
+        yield messages
+        malformed = CounterMetricFamily("meter_ras_malformed", "RAS datagrams that decode to no message, dropped, by codec error.", labels=["code"])
+        for code, count in sorted(stats.malformed_by_code.items()):
+            malformed.add_metric([code], count)
         yield malformed
 
     def _latency_families(self):

@@ -58,15 +58,18 @@ class MeterProcess:
     """`meter run --config` in a subprocess, on free ports, with its own state directory."""
 
     def __init__(self, workdir: Path, *, sip: dict | None = None, node: dict | None = None,
-                 licensing: dict | None = None, zones: list[dict] | None = None, extra: str = ""):
+                 licensing: dict | None = None, zones: list[dict] | None = None, extra: str = "",
+                 h323: dict | None = None):
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.sip_port = free_port()
         self.admin_port = free_port()
+        self.ras_port = free_port()
         self.state_dir = workdir / "state"
         sip = {"host": "127.0.0.1", "port": self.sip_port, **(sip or {})}
         node = {"name": "meter-test", "state_dir": str(self.state_dir), **(node or {})}
-        sections = {"node": node, "sip": sip, "admin": {"port": self.admin_port},
+        h323 = {"host": "127.0.0.1", "ras_port": self.ras_port, **(h323 or {})}
+        sections = {"node": node, "sip": sip, "h323": h323, "admin": {"port": self.admin_port},
                     "licensing": licensing or {}, "log": {"level": "debug"}}
         text = "".join(f"[{name}]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in table.items()) + "\n"
                        for name, table in sections.items())

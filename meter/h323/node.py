@@ -1,0 +1,145 @@
+"""The RAS node: binds UDP, feeds the sans-I/O gatekeeper, sends what it returns, runs its housekeeping.
+
+    node = RasNode(settings, policy)
+    await node.start()      # binds; node.port is the port actually bound
+    ...
+    await node.close()      # URQ to every endpoint (standalone); every call and registration ends
+                            # through the policy ("shutdown")
+
+One ``DatagramProtocol`` callback per datagram, no task per packet; housekeeping is one
+``loop.call_later`` chain. Works on uvloop (the lead's runner installs it) and on asyncio's own loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+import time
+
+from meter.codecs.ras import TransportAddress
+from meter.h323.counters import RasCounters
+from meter.h323.gatekeeper import Datagram, Gatekeeper
+from meter.h323.inline import InlineGatekeeper
+from meter.h323.policy import RasPolicy
+from meter.h323.settings import H323Settings
+from meter.logs import log_event
+
+log = logging.getLogger("meter.h323")
+
+
+class _RasProtocol(asyncio.DatagramProtocol):
+    def __init__(self, node: "RasNode") -> None:
+        self.node = node
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        node = self.node
+        if node.core is not None:
+            node._send_all(node.core.receive(data, addr, node._loop.time()))
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable from an endpoint that went away, and the like: nothing to undo.
+        self.node.counters.send_errors += 1
+
+
+class RasNode:
+    def __init__(self, settings: H323Settings | None = None, policy: RasPolicy | None = None) -> None:
+        self.settings = settings or H323Settings()
+        self.policy = policy
+        self.counters = RasCounters()
+        self.core: Gatekeeper | None = None
+        self.port = 0
+        self.ras_address: TransportAddress | None = None
+        self.upstream: TransportAddress | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._transport: asyncio.DatagramTransport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def start(self) -> None:
+        s = self.settings
+        if not s.enabled:
+            log_event(log, "h323.disabled")
+            return
+        loop = self._loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if ipaddress.ip_address(s.host).version == 6 else socket.AF_INET
+        self._transport, _ = await loop.create_datagram_endpoint(
+            lambda: _RasProtocol(self), local_addr=(s.host, s.ras_port), family=family)
+        self.port = self._transport.get_extra_info("sockname")[1]
+        unspecified = ipaddress.ip_address(s.host).is_unspecified
+        host = s.advertised_host or (_primary_address() if unspecified else s.host)
+        self.ras_address = TransportAddress(host, self.port)
+        # Hooks get wall-clock times; the core runs on the loop's monotonic clock.
+        common = dict(ras_address=self.ras_address, wall_offset=time.time() - loop.time(), counters=self.counters)
+        if s.mode == "inline":
+            upstream_host, upstream_port = s.upstream_hostport
+            try:
+                ipaddress.ip_address(upstream_host)
+            except ValueError:
+                infos = await loop.getaddrinfo(upstream_host, upstream_port, family=family, type=socket.SOCK_DGRAM)
+                upstream_host = infos[0][4][0]
+            self.upstream = TransportAddress(upstream_host, upstream_port)
+            self.core = InlineGatekeeper(s, self.policy, upstream=self.upstream, **common)
+        else:
+            self.core = Gatekeeper(s, self.policy, **common)
+        self._timer = loop.call_later(s.housekeeping_interval, self._housekeeping)
+        log_event(log, "h323.started", host=s.host, port=self.port, mode=s.mode, ras_address=str(self.ras_address),
+                  gatekeeper_id=s.gatekeeper_id, upstream=str(self.upstream) if self.upstream else "")
+
+    async def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.core is not None:
+            self._send_all(self.core.close(self._loop.time()))
+            self.core = None
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+            await asyncio.sleep(0)  # let the loop run the transport's close callbacks
+        log_event(log, "h323.stopped", port=self.port)
+
+    def _housekeeping(self) -> None:
+        if self.core is None:
+            return
+        try:
+            self._send_all(self.core.tick(self._loop.time()))
+        finally:
+            self._timer = self._loop.call_later(self.settings.housekeeping_interval, self._housekeeping)
+
+    def _send_all(self, datagrams: list[Datagram]) -> None:
+        transport = self._transport
+        for data, address in datagrams:
+            try:
+                transport.sendto(data, address)
+            except (OSError, AttributeError, ValueError):
+                self.counters.send_errors += 1
+
+    # -- read-only views for the CLI, the API and the metrics ---------------------------------------------
+
+    def registrations(self) -> list[dict]:
+        return self.core.registration_views(self._loop.time()) if self.core else []
+
+    def calls(self) -> list[dict]:
+        return self.core.call_views(self._loop.time()) if self.core else []
+
+    def stats(self) -> dict:
+        out = self.counters.snapshot()
+        if self.core is not None:
+            out["registrations"] = len(self.core.registrations)
+            out["aliases"] = len(self.core.registrations.by_alias)
+            out["calls"] = len(self.core.calls)
+            out["pending_upstream"] = len(getattr(self.core, "pending", ()))
+        return out
+
+
+def _primary_address() -> str:
+    """The address of the interface that routes outward; a UDP connect sends no packet."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(("192.0.2.1", 9))  # TEST-NET-1 (RFC 5737): never actually reached
+        return probe.getsockname()[0]
+    except OSError:
+        return "127.0.0.1"
+    finally:
+        probe.close()
