@@ -268,12 +268,15 @@ class SipUA:
     # -- answering -----------------------------------------------------------------------------------------
 
     def reply(self, req: Request, status: int, *, to_tag: str | None = None, body: bytes = b"",
-              content_type: str | None = None, contact: bool = False, record_route: bool = True) -> Response:
+              content_type: str | None = None, contact: bool = False, record_route: bool = True,
+              headers=()) -> Response:
+        extra = list(headers)
         headers = []
         if record_route:
             headers += [("Record-Route", v) for v in req.header_values("record-route")]
         if contact:
             headers.append(("Contact", f"<{self.contact_uri}>"))
+        headers += extra
         resp = make_response(req, status, to_tag=to_tag, headers=headers, body=body, content_type=content_type)
         self.send(resp, self._response_target(req))
         return resp
@@ -331,12 +334,13 @@ class Phone:
 
     def request(self, method: str, uri: str, *, to: str | None = None, to_tag: str | None = None,
                 call_id: str | None = None, cseq: int | None = None, headers=(), body: bytes = b"",
-                branch: str | None = None, contact: bool = True, max_forwards: int | None = 70) -> Request:
+                branch: str | None = None, contact: bool = True, max_forwards: int | None = 70,
+                from_tag: str | None = None) -> Request:
         hs = [("Via", f"SIP/2.0/{self.transport.upper()} {self.host}:{self.port};branch={branch or new_branch()};rport")]
         if max_forwards is not None:
             hs.append(("Max-Forwards", str(max_forwards)))
         hs += [
-            ("From", f"<{self.aor}>;tag={self.tag}"),
+            ("From", f"<{self.aor}>;tag={from_tag or self.tag}"),
             ("To", f"<{to or uri}>" + (f";tag={to_tag}" if to_tag else "")),
             ("Call-ID", call_id or f"{new_tag()}@{self.host}"),
             ("CSeq", f"{cseq if cseq is not None else next(self._cseq)} {method}"),
@@ -356,10 +360,13 @@ class Phone:
         return self.request("REGISTER", f"sip:{self.domain}", to=self.aor, headers=hs, contact=contact is None,
                             call_id=call_id or f"reg-{self.user}@{self.host}", cseq=cseq)
 
-    def answer(self, req: Request, status: int, *, to_tag: str | None = None, body: bytes = b"") -> Response:
+    def answer(self, req: Request, status: int, *, to_tag: str | None = None, body: bytes = b"",
+               headers=()) -> Response:
+        extra = list(headers)
         headers = [("Record-Route", v) for v in req.header_values("record-route")]
         if 200 <= status < 300 or (status > 100 and status < 200):
             headers.append(("Contact", f"<{self.contact_uri}>"))
+        headers += extra
         return make_response(req, status, to_tag=to_tag, headers=headers, body=body,
                              content_type="application/sdp" if body else None)
 
@@ -408,3 +415,80 @@ class Recorder:
             kinds = [e[0] for e in self.log if len(e) > 1 and e[1] == call_id]
             assert kinds[0] == "invite" and kinds[-1] == "ended", kinds
             assert kinds.count("answered") <= 1 and kinds.count("confirmed") <= 1, kinds
+
+
+# -- a SipCore on a fake network and clock, with two phones (unit tests of the node) -------------------------
+
+LAB_NODE_HOST, LAB_NODE_PORT = "10.0.0.1", 5060
+LAB_RR = "<sip:10.0.0.1:5060;lr>"
+LAB_OFFER = b"v=0\r\no=a 1 1 IN IP4 10.0.0.2\r\ns=-\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
+LAB_ANSWER = b"v=0\r\no=b 1 1 IN IP4 10.0.0.3\r\ns=-\r\nt=0 0\r\nm=audio 5000 RTP/AVP 0\r\n"
+
+
+class CoreLab:
+    """A sans-I/O SipCore at 10.0.0.1:5060 (inline mode: upstream 10.0.0.50:5060), alice at
+    10.0.0.2:5062 and bob at 10.0.0.3:5064; ``feed`` delivers, ``net`` captures what the node sends."""
+
+    def __init__(self, mode="standalone", policy=None, **overrides):
+        from meter.sip.clock import FakeClock
+        from meter.sip.core import SipCore
+        from meter.sip.peer import Peer
+        from meter.sip.routing import Advertised
+        from meter.sip.settings import SipSettings
+
+        self.upstream = Peer("udp", "10.0.0.50", 5060)
+        self.clock = FakeClock()
+        self.net = FakeNet()
+        self.policy = policy or Recorder()
+        kw = dict(host=LAB_NODE_HOST, port=LAB_NODE_PORT, mode=mode, t1=0.5)
+        if mode == "inline":
+            kw["upstream"] = "10.0.0.50:5060"
+        kw.update(overrides)
+        self.core = SipCore(SipSettings(**kw), clock=self.clock, send=self.net.send,
+                            advertised=Advertised(LAB_NODE_HOST, LAB_NODE_PORT), policy=self.policy,
+                            local_names=[f"{LAB_NODE_HOST}:{LAB_NODE_PORT}"],
+                            upstream=self.upstream if mode == "inline" else None)
+        self.core.start()
+        self.alice = Phone("alice", "10.0.0.2", 5062)
+        self.bob = Phone("bob", "10.0.0.3", 5064)
+
+    def feed(self, msg, source):
+        data = msg.to_bytes() if not isinstance(msg, bytes) else msg
+        self.core.receive_datagram(data, source.peer if isinstance(source, Phone) else source)
+
+    def register(self, phone, expires=3600):
+        self.feed(phone.register(expires), phone)
+        resp, peer = self.net.only()
+        assert resp.status == 200, resp
+        return resp
+
+    def sent_to(self, peer) -> list:
+        return [m for m, p in self.net.take() if p.address == peer.address]
+
+    def take_one(self, phone):
+        """Exactly one message went to ``phone`` (and whatever else went elsewhere is dropped)."""
+        msgs = self.net.take()
+        mine = [m for m, p in msgs if p.address == (phone.host, phone.port)]
+        assert len(mine) == 1, [(repr(m), str(p)) for m, p in msgs]
+        return mine[0]
+
+    def setup_call(self, *, body=LAB_OFFER, extra_headers=()):
+        """alice INVITEs bob (registered); returns (alice's INVITE, what bob received)."""
+        invite = self.alice.request("INVITE", "sip:bob@lab.test", body=body, headers=extra_headers)
+        self.feed(invite, self.alice)
+        msgs = self.net.take()
+        trying = [m for m, p in msgs if isinstance(m, Response)]
+        assert [r.status for r in trying] == [100], msgs
+        at_bob = [m for m, p in msgs if isinstance(m, Request)]
+        assert len(at_bob) == 1
+        return invite, at_bob[0]
+
+    def ack(self, invite, ok, phone=None):
+        """The caller's ACK for a 2xx, along the route set (RFC 3261 §13.2.2.4)."""
+        phone = phone or self.alice
+        routes = list(reversed(ok.header_values("record-route")))
+        headers = [("Route", ", ".join(routes))] if routes else []
+        ack = phone.request("ACK", str(ok.contacts[0].uri), to=str(invite.to.uri), to_tag=ok.to.tag,
+                            call_id=invite.call_id, cseq=invite.cseq.number, headers=headers)
+        self.feed(ack, phone)
+        return ack

@@ -15,19 +15,22 @@ from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
 from meter.codecs.sip import (
-    DEFAULT_LIMITS, Limits, Request, Response, SIPError, Via, make_response, new_tag, parse,
+    DEFAULT_LIMITS, Limits, Request, Response, SIPError, Via, make_request, make_response, new_tag, parse,
     parse_name_addr, unsupported,
 )
 from meter.logs import log_event
 from meter.sip.clock import Clock
 from meter.sip.counters import SipCounters, method_label
-from meter.sip.dialogs import Call, DialogTable
+from meter.sip.dialogs import ANSWERED, CONFIRMED, Call, DialogTable
 from meter.sip.peer import Peer
 from meter.sip.policy import ALLOW, AllowAll, BindingInfo, CallInfo, RegisterInfo, SipPolicy, Verdict
 from meter.sip.registrar import Binding, Change, Registrar, RegistrarError, RegisterRequest, contact_key
 from meter.sip.routing import (
-    Advertised, LocalAddresses, loop_hash, looped, make_branch, stateless_branch, uri_peer, uri_transport,
-    via_peer,
+    Advertised, LocalAddresses, local_branch, loop_hash, looped, make_branch, stateless_branch, uri_peer,
+    uri_transport, via_peer,
+)
+from meter.sip.session_timer import (
+    NO_OFFER, REFRESH_METHODS, Offer, RequestPlan, Session, plan_request, plan_response,
 )
 from meter.sip.settings import SipSettings
 from meter.sip.transaction import (
@@ -38,7 +41,11 @@ from meter.sip.transaction import (
 log = logging.getLogger("meter.sip")
 
 ALLOW_METHODS = "INVITE, ACK, BYE, CANCEL, OPTIONS, REGISTER, INFO, UPDATE, PRACK, SUBSCRIBE, NOTIFY, REFER, MESSAGE"
-SUPPORTED = "path"  # RFC 3327: the node adds Path to REGISTERs it forwards upstream
+# RFC 3327: the node adds Path to REGISTERs it forwards upstream; RFC 4028 §8: it does session
+# timers as a proxy (so "timer" in a Proxy-Require is not refused with 420 either).
+SUPPORTED = "path, timer"
+PROXY_SUPPORTED = ("timer",)
+NO_PLAN = RequestPlan()
 # RFC 3261 §16.6 step 4: Record-Route on requests that can create a dialog, so that every
 # in-dialog request passes the node.
 DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
@@ -77,6 +84,11 @@ class ResponseContext:
     owns_call: bool = False  # this pass started the call (a spiral's inner pass does not)
     register: InlineRegister | None = None
     bye_call: Call | None = None
+    offer: Offer = NO_OFFER  # RFC 4028 §8.1: what the node forwarded, for §8.2 on the 2xx
+    refresh: Call | None = None  # a re-INVITE/UPDATE of this call: its 2xx refreshes the session
+    refresh_by_caller: bool = False
+    refresh_contact: str = ""  # the refresh request's Contact: a target refresh (RFC 3261 §12.2)
+    timer_c: set = field(default_factory=set)  # branches Timer C cancelled (RFC 3261 §16.8)
 
 
 def _guarded(fn):
@@ -92,6 +104,10 @@ def _guarded(fn):
         return None
 
     return wrapper
+
+
+def _reason_text(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
 def _rank(status: int) -> tuple[int, int]:
@@ -163,6 +179,7 @@ class SipCore:
             self._bindings_changed(change)
         for call in self.dialogs.reap(now, self.settings.max_dialog_age):
             self._call_ended(call, "max dialog age")
+        self.dialogs.prune(now)
 
     # -- input ---------------------------------------------------------------------------------------
 
@@ -280,7 +297,7 @@ class SipCore:
 
     def _process(self, txn: ServerTransaction, req: Request, source: Peer) -> None:
         method = req.method
-        bad = unsupported(req)
+        bad = unsupported(req, PROXY_SUPPORTED)
         if bad:  # RFC 3261 §16.3 step 5: no extension needs the node's support
             self._reply(txn, 420, headers=[("Unsupported", ", ".join(bad))])
             return
@@ -351,6 +368,9 @@ class SipCore:
             change = self.registrar.register(rr, now)
         except RegistrarError as err:
             self._reply(txn, err.status, err.reason, headers=list(err.headers))
+            # The policy was asked (and may have charged) before the registrar refused: tell it
+            # what is bound now, so a charge without a binding is released (DESIGN.md principle 4).
+            self._bindings_changed(Change(aor, tuple(self.registrar.lookup(aor, now)), ua, source))
             return
         bindings = change.bindings if change is not None else self.registrar.lookup(aor, now)
         headers = [("Contact", b.contact_value(now)) for b in bindings]
@@ -376,22 +396,36 @@ class SipCore:
             return
         call = None
         owns = False
+        plan = NO_PLAN
         if req.method == "INVITE":
+            plan = self._session_plan(req)
+            if plan.reject_min_se:  # RFC 4028 §6: 422 carries the node's Min-SE; nothing metered yet
+                self._reply(txn, 422, headers=[("Min-SE", str(plan.reject_min_se))])
+                return
             call = self.dialogs.find(req.call_id, req.from_.tag)
             if call is None:  # a spiral back through the node is the same call, asked about once
-                verdict = self._ask(self.policy.on_invite, CallInfo(
-                    req.call_id, req.from_.uri.aor, req.to.uri.aor, req.uri, source, registered, req.body,
-                    req.user_agent or ""))
+                info = CallInfo(req.call_id, req.from_.uri.aor, req.to.uri.aor, req.uri, source, registered, req.body,
+                                req.user_agent or "")
+                verdict = self._ask(self.policy.on_invite, info)
                 if not verdict.allowed:
                     self._refuse(txn, verdict)
                     return
                 now = self.clock.time()
                 call = Call(req.call_id, req.from_.tag or "", req.from_.uri.aor, req.to.uri.aor, req.uri, source,
-                            now, self.clock.wall(), offer_sdp=req.body)
+                            now, self.clock.wall(), offer_sdp=req.body, info=info, invite_cseq=req.cseq.number,
+                            offer=plan.offer, caller_from=req.header("from") or "", caller_cseq=req.cseq.number)
+                contacts = req.contacts
+                call.caller_target = str(contacts[0].uri) if contacts else str(req.from_.uri)
                 self.dialogs.add(call)
                 owns = True
                 log_event(log, "sip.call.started", call_id=req.call_id, caller=call.from_aor, callee=call.to_aor)
-        self._forward(txn, req, targets, call=call, owns_call=owns, record_route=req.method in DIALOG_CREATING)
+        self._forward(txn, req, targets, call=call, owns_call=owns, record_route=req.method in DIALOG_CREATING,
+                      offer=plan.offer, edits=plan.edits)
+
+    def _session_plan(self, req: Request) -> RequestPlan:
+        """RFC 4028 §8.1 with the node's settings."""
+        s = self.settings
+        return plan_request(req, min_se=s.min_se, insert=s.session_expires)
 
     def _locate(self, req: Request, source: Peer) -> tuple[list[Target], tuple | None, bool]:
         """Where an initial request goes: (targets, refusal (status, reason), callee registered here)."""
@@ -438,10 +472,23 @@ class SipCore:
         if peer is None:
             self._reply(txn, 404, "Not Found - no route")
             return
-        bye_call = None
-        if req.method == "BYE":
-            bye_call = self.dialogs.find(req.call_id, req.from_.tag, req.to.tag)
-        self._forward(txn, req, [Target(None, peer)], bye_call=bye_call)
+        method = req.method
+        call = self.dialogs.find(req.call_id, req.from_.tag, req.to.tag)
+        if call is None:
+            self._forward(txn, req, [Target(None, peer)])
+            return
+        self.dialogs.saw_cseq(call, req.from_.tag, req.cseq.number)
+        if method in REFRESH_METHODS and call.state in (ANSWERED, CONFIRMED):
+            plan = self._session_plan(req)  # RFC 4028 §8.1: the same for every session refresh request
+            if plan.reject_min_se:
+                self._reply(txn, 422, headers=[("Min-SE", str(plan.reject_min_se))])
+                return
+            contacts = req.contacts
+            self._forward(txn, req, [Target(None, peer)], offer=plan.offer, edits=plan.edits, refresh=call,
+                          refresh_by_caller=req.from_.tag == call.from_tag,
+                          refresh_contact=str(contacts[0].uri) if contacts else "")
+            return
+        self._forward(txn, req, [Target(None, peer)], bye_call=call if method == "BYE" else None)
 
     def _next_hop(self, req: Request, hint: str | None) -> Peer | None:
         if req.has_header("route"):
@@ -472,8 +519,11 @@ class SipCore:
 
     def _forward(self, txn: ServerTransaction, req: Request, targets: list[Target], *, call: Call | None = None,
                  owns_call: bool = False, record_route: bool = False, register: InlineRegister | None = None,
-                 bye_call: Call | None = None) -> None:
-        ctx = ResponseContext(txn, req.method, call=call, owns_call=owns_call, register=register, bye_call=bye_call)
+                 bye_call: Call | None = None, offer: Offer = NO_OFFER, edits: tuple = (),
+                 refresh: Call | None = None, refresh_by_caller: bool = False, refresh_contact: str = "") -> None:
+        ctx = ResponseContext(txn, req.method, call=call, owns_call=owns_call, register=register, bye_call=bye_call,
+                              offer=offer, refresh=refresh, refresh_by_caller=refresh_by_caller,
+                              refresh_contact=refresh_contact)
         txn.context = ctx
         if req.method == "INVITE":
             self._reply(txn, 100)  # RFC 3261 §16.2: a stateful proxy answers INVITE with 100 at once
@@ -484,6 +534,8 @@ class SipCore:
             if target.uri is not None:
                 out.set_uri(target.uri)  # §16.6 step 2
             out.decrement_max_forwards()  # §16.6 step 3
+            for name, value in edits:  # RFC 4028 §8.1: the node's say in the session interval
+                out.set_header(name, value)
             leaving = target.peer.transport
             if record_route:  # §16.6 step 4; two entries when the transport changes (RFC 5658)
                 if inbound != leaving:
@@ -509,9 +561,49 @@ class SipCore:
         top = resp.top_via
         if self.local.via(top) and resp.cseq.method == "INVITE" and 200 <= resp.status < 300 and len(resp.vias) > 1:
             resp.pop_via()
+            refused = self._late_answer(resp, source)
             self._send(resp.to_bytes(), via_peer(resp.top_via))
+            if refused is not None:
+                self._send_byes(*refused)
             return
         self.counters.stray_responses += 1
+
+    def _late_answer(self, resp: Response, source: Peer) -> tuple[Call, str] | None:
+        """A 2xx for the initial INVITE of a call the node already ended unanswered (its 408 after
+        Timer B, or its 487 after an unanswered CANCEL, crossed the callee's 200).
+
+        The 2xx is forwarded whatever happens: RFC 3261 §16.7 step 5 has a proxy forward every 2xx
+        to INVITE, and only the UAC decides about the session it sets up (§13.2.2.4); a proxy that
+        swallowed it and ACKed the callee itself would be acting as a B2BUA. The call is up at the
+        callee now, so it must be metered again: the policy is asked once more with the same
+        CallInfo. Allowed, the call re-opens (one new allowed/ended pair). Refused, the node sends a
+        BYE each way once the 2xx is on its way, so no session stays up unmetered; the refused call
+        is returned for that, with the Reason (RFC 3326) its BYEs carry."""
+        call_id, tag = resp.call_id, resp.from_.tag
+        if self.dialogs.find(call_id, tag) is not None:
+            return None  # a live call (a retransmitted or a second forked 2xx): forwarded as ever
+        call = self.dialogs.buried(call_id, tag)
+        if call is None or call.refused or resp.cseq.number != call.invite_cseq:
+            return None
+        self.counters.late_answers += 1
+        session, edits = plan_response(resp, call.offer)  # RFC 4028 §8.2, as for any 2xx
+        for name, value in edits:
+            resp.set_header(name, value)
+        verdict = self._ask(self.policy.on_invite, call.info)
+        now = self.clock.time()
+        if not verdict.allowed:
+            call.refused = True
+            self._learn_dialog(call, resp, source, "")
+            log_event(log, "sip.call.late_answer_refused", logging.INFO, call_id=call_id, status=verdict.status)
+            return call, f'SIP;cause={verdict.status};text="{_reason_text(verdict.reason)}"'
+        self.dialogs.reopen(call, now)
+        self.dialogs.answered(call, resp.to.tag, resp.body, now)
+        self._learn_dialog(call, resp, source, "")
+        self._arm_session(call, session)
+        log_event(log, "sip.call.reopened", call_id=call_id)
+        if call.offer_sdp:
+            self._notify(self.policy.on_call_answered, call.call_id, call.offer_sdp, call.answer_sdp)
+        return None
 
     @_guarded
     def on_response(self, client: ClientTransaction, resp: Response) -> None:
@@ -532,23 +624,29 @@ class SipCore:
             return
         ctx.finals[client.key] = status
         if status < 300:
-            self._on_success(ctx, resp)
+            self._on_success(ctx, resp, client)
             self._relay(ctx, resp)  # §16.7 step 5: every 2xx is forwarded at once
             if not ctx.final_sent:
                 ctx.final_sent = True
                 self._cancel_others(ctx, client)  # §16.7 step 10
             return
         if ctx.best is None or _rank(status) < _rank(ctx.best.status):
-            ctx.best, ctx.best_cause = resp, f"rejected {status}"
+            # RFC 3261 §16.8: the answer to a CANCEL Timer C sent is still a timeout for the call.
+            ctx.best, ctx.best_cause = resp, "timeout" if client.key in ctx.timer_c else f"rejected {status}"
         if status >= 600:
             self._cancel_others(ctx, client)  # §16.7 step 10 (RFC 3261 §16.7: 6xx ends the search)
         self._maybe_finish(ctx)
 
-    def _on_success(self, ctx: ResponseContext, resp: Response) -> None:
+    def _on_success(self, ctx: ResponseContext, resp: Response, client: ClientTransaction) -> None:
         if ctx.call is not None and resp.cseq.method == "INVITE":
             call = ctx.call
+            session, edits = plan_response(resp, ctx.offer)  # RFC 4028 §8.2, before the 2xx goes on
+            for name, value in edits:
+                resp.set_header(name, value)
             if self.dialogs.answered(call, resp.to.tag, resp.body, self.clock.time()):
                 log_event(log, "sip.call.answered", call_id=call.call_id)
+                self._learn_dialog(call, resp, client.peer, str(client.request.uri) if client.request else "")
+                self._arm_session(call, session)
                 if call.offer_sdp:
                     self._notify(self.policy.on_call_answered, call.call_id, call.offer_sdp, call.answer_sdp)
                 # else a late offer (RFC 3261 §13.2.1: offer in the 2xx, answer in the ACK): told at the ACK
@@ -559,6 +657,13 @@ class SipCore:
                 log_event(log, "sip.upstream.bad_register_answer", logging.WARNING, reason=err.reason)
         if ctx.bye_call is not None:
             self._end_call(ctx.bye_call, "bye")
+        if ctx.refresh is not None and resp.cseq.method == ctx.method and self.dialogs.live(ctx.refresh):
+            call = ctx.refresh
+            session, edits = plan_response(resp, ctx.offer)  # RFC 4028 §8.2 for a refresh
+            for name, value in edits:
+                resp.set_header(name, value)
+            self._target_refresh(call, ctx, resp)
+            self._arm_session(call, session)  # RFC 4028 §10: a refresh's 2xx starts a new interval
 
     @_guarded
     def on_timeout(self, txn: Transaction) -> None:
@@ -588,6 +693,8 @@ class SipCore:
                      cause: str) -> None:
         """A branch ended without a response: the node stands in with one of its own."""
         ctx.finals[txn.key] = status
+        if ctx.call is not None:
+            ctx.call.gave_up = True  # no final from downstream: the callee may still answer
         if ctx.final_sent:  # another branch already answered the caller
             return
         if ctx.best is None or _rank(status) < _rank(ctx.best.status):
@@ -600,6 +707,8 @@ class SipCore:
     @_guarded
     def on_timer_c(self, client: ClientTransaction) -> None:
         """RFC 3261 §16.8: Timer C fired on a proceeding INVITE branch: cancel it."""
+        if client.context is not None:
+            client.context.timer_c.add(client.key)
         self._cancel_branch(client)
 
     @_guarded
@@ -625,7 +734,13 @@ class SipCore:
         if ctx.bye_call is not None:
             self._end_call(ctx.bye_call, "bye")
         if ctx.call is not None and ctx.owns_call:
-            self._end_call(ctx.call, "cancelled" if ctx.cancelled else ctx.best_cause)
+            call = ctx.call
+            if self._end_call(call, "cancelled" if ctx.cancelled else ctx.best_cause) and call.gave_up:
+                # A branch never answered: its 2xx may still come (crossing the CANCEL, or after
+                # Timer B). Remember the call for Timer C + 64*T1: the longest the node lets a
+                # branch ring, plus the 2xx's retransmissions (RFC 6026 Timer L at the UAS).
+                linger = self.settings.timer_c + 64 * self.settings.t1
+                self.dialogs.bury(call, self.clock.time() + linger)
 
     def _relay(self, ctx: ResponseContext, resp: Response) -> None:
         server = ctx.server
@@ -695,13 +810,117 @@ class SipCore:
 
     # -- calls, bindings, policy ---------------------------------------------------------------------
 
-    def _end_call(self, call: Call, cause: str) -> None:
+    def _end_call(self, call: Call, cause: str) -> bool:
         if self.dialogs.end(call):
             self._call_ended(call, cause)
+            return True
+        return False
 
     def _call_ended(self, call: Call, cause: str) -> None:
+        if call.session_timer is not None:
+            call.session_timer.cancel()
+            call.session_timer = None
         log_event(log, "sip.call.ended", call_id=call.call_id, cause=cause)
         self._notify(self.policy.on_call_ended, call.call_id, cause)
+
+    # -- the confirmed dialog and its session timer (RFC 4028) --------------------------------------------
+
+    def _learn_dialog(self, call: Call, resp: Response, peer: Peer, branch_uri: str) -> None:
+        """The first 2xx fixes what the node needs to BYE both sides itself (RFC 3261 §12.1)."""
+        call.callee_to = resp.header("to") or ""
+        call.route_set = tuple(resp.header_values("record-route"))
+        call.callee_peer = peer
+        try:
+            contacts = resp.contacts
+        except SIPError:
+            contacts = []
+        call.callee_target = str(contacts[0].uri) if contacts else (branch_uri or call.request_uri)
+
+    def _target_refresh(self, call: Call, ctx: ResponseContext, resp: Response) -> None:
+        """RFC 3261 §12.2.1.2 / RFC 3311 §5: a re-INVITE or UPDATE and its 2xx may move either target."""
+        try:
+            contacts = resp.contacts
+        except SIPError:
+            contacts = []
+        answer = str(contacts[0].uri) if contacts else ""
+        if ctx.refresh_by_caller:
+            call.caller_target = ctx.refresh_contact or call.caller_target
+            call.callee_target = answer or call.callee_target
+        else:
+            call.callee_target = ctx.refresh_contact or call.callee_target
+            call.caller_target = answer or call.caller_target
+
+    def _arm_session(self, call: Call, session: Session) -> None:
+        """RFC 4028 §10: the session lasts one interval from the 2xx unless refreshed; a 2xx without
+        Session-Expires (and nothing the node could add, §8.2) leaves the call without one."""
+        call.session = session
+        if call.session_timer is not None:  # one timer per call (refreshes come every interval/2)
+            call.session_timer.cancel()
+            call.session_timer = None
+        if session.interval <= 0:
+            call.session_expires_at = 0.0
+            return
+        call.session_expires_at = self.clock.time() + session.interval
+        call.session_timer = self.clock.call_later(session.interval, self._session_check, call)
+
+    @_guarded
+    def _session_check(self, call: Call) -> None:
+        call.session_timer = None
+        if not call.session_expires_at or not self.dialogs.live(call):
+            return
+        left = call.session_expires_at - self.clock.time()
+        if left > 0:  # the loop may fire a timer up to its clock resolution early
+            call.session_timer = self.clock.call_later(left, self._session_check, call)
+            return
+        # RFC 4028 §10: the interval ran out without a refresh. The UAs should have hung up
+        # min(32 s, interval/3) before; the node, last in line, ends the call at the full interval.
+        if self._end_call(call, "session expired"):
+            self.counters.sessions_expired += 1
+            self._send_byes(call, 'SIP;cause=408;text="Session expired"')
+
+    def _send_byes(self, call: Call, reason: str) -> None:
+        """RFC 4028 §10: the element that ends an expired session sends BYE. The node holds no
+        dialog of its own, so it sends one to each side, as the other side would (RFC 3261 §15.1.1)."""
+        for to_callee in (True, False):
+            try:
+                self._send_bye(call, to_callee, reason)
+            except (SIPError, ValueError):
+                log.exception("sip.bye.unbuildable", extra={"facts": {"call_id": call.call_id}})
+
+    def _send_bye(self, call: Call, to_callee: bool, reason: str) -> None:
+        routes = list(call.route_set)
+        own = [i for i, value in enumerate(routes) if self.local.uri(parse_name_addr(value).uri)]
+        if to_callee:
+            # the caller's view (RFC 3261 §12.1.2: Record-Route reversed), from the node's outermost entry on
+            path = list(reversed(routes[: own[-1] + 1])) if own else []
+            uri, from_, to, cseq = call.callee_target, call.caller_from, call.callee_to, call.caller_cseq + 1
+            direct = call.callee_peer
+        else:
+            # the callee's view (RFC 3261 §12.1.1: Record-Route as is), from the node's innermost entry on
+            path = routes[own[0]:] if own else []
+            uri, from_, to, cseq = call.caller_target, call.callee_to, call.caller_from, call.callee_cseq + 1
+            direct = call.source
+        headers = [("Max-Forwards", "70"), ("From", from_), ("To", to), ("Call-ID", call.call_id),
+                   ("CSeq", f"{cseq} BYE")]
+        if path:
+            headers.append(("Route", ", ".join(path)))
+        # RFC 3326: why the node hung up, for the endpoints' logs.
+        headers += [("Reason", reason), ("User-Agent", self.settings.user_agent)]
+        bye = make_request("BYE", uri, headers)
+        hint = self._pop_own_routes(bye)
+        peer = self._next_hop(bye, hint)
+        if (not bye.has_header("route") and direct is not None and direct.transport == "tcp"
+                and (peer is None or peer.transport == "tcp")):
+            # RFC 5923: a TCP endpoint is reached back through its connection while it lasts,
+            # else through a new one to its contact.
+            target = peer or direct
+            peer = Peer("tcp", target.host, target.port, direct.conn)
+        if peer is None:
+            log_event(log, "sip.bye.no_route", logging.WARNING, call_id=call.call_id, target=uri)
+            return
+        bye.push_via(self.advertised.via(peer.transport, local_branch()))
+        self.txns.new_client(bye, peer, self)  # no context: its answer (200 or 481) is absorbed
+        log_event(log, "sip.bye.sent", call_id=call.call_id, peer=str(peer), side="callee" if to_callee else "caller")
 
     def _bindings_changed(self, change: Change) -> None:
         now = self.clock.time()

@@ -34,6 +34,8 @@ class SipCounters:
     policy_errors: int = 0  # exceptions raised by the policy hooks
     internal_errors: int = 0  # exceptions caught in a callback (a bug, not the peer's fault)
     send_errors: int = 0
+    sessions_expired: int = 0  # calls ended by the node when their RFC 4028 session interval ran out
+    late_answers: int = 0  # 2xx for calls the node had ended unanswered (re-opened or refused)
 
     def snapshot(self) -> dict:
         out = {}

@@ -9,8 +9,14 @@ contract the node keeps:
   expiry, unregister, node shutdown. An empty ``bindings`` means the alias is no longer registered.
 - ``on_invite`` once per initial INVITE of a call (a spiral back through the node is the same call);
   a refusal answers with the verdict. For every *allowed* call the node later calls
-  ``on_call_ended`` exactly once (BYE, CANCEL, final failure, timeout, reaper, node shutdown),
-  after at most one ``on_call_answered`` and at most one ``on_call_confirmed``.
+  ``on_call_ended`` exactly once (BYE, CANCEL, final failure, timeout, RFC 4028 session expiry,
+  reaper, node shutdown), after at most one ``on_call_answered`` and at most one
+  ``on_call_confirmed``.
+- ``on_invite`` again, with the same :class:`CallInfo`, when a 2xx arrives for a call the node had
+  already ended unanswered (its 408 or 487 crossed the callee's 200): the call is up at the callee
+  after all. Allowed, it is a new call with its own ``on_call_ended`` later; refused, the node
+  sends a BYE to both ends and calls nothing more. So ``on_invite`` / ``on_call_ended`` pairs for
+  one Call-ID follow each other, never overlap, and one is open whenever the call is up.
 - ``on_call_answered`` comes with the first 2xx; for a late offer (an INVITE without SDP, RFC 3261
   §13.2.1) it comes with the ACK instead, offer from the 2xx and answer from the ACK, just before
   ``on_call_confirmed``.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import secrets
 from dataclasses import dataclass
 
 from meter.codecs.sip import BRANCH_MAGIC, URI, Request, Via
@@ -121,6 +122,13 @@ def stateless_branch(incoming_branch: str) -> str:
     retransmission gets the same branch."""
     digest = hashlib.blake2b(incoming_branch.encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
     return f"{BRANCH_PREFIX}sl{digest}"
+
+
+def local_branch() -> str:
+    """A branch for a request the node sends on its own (a BYE ending a call): unique (64 random
+    bits), and "uac" right after the prefix can never pass for a loop hash (hex), so the request is
+    not taken for a loop when its route brings it back through the node (RFC 3261 §16.3 step 4)."""
+    return f"{BRANCH_PREFIX}uac{secrets.token_hex(8)}"
 
 
 # -- header values written by the node ------------------------------------------------------------------

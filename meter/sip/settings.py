@@ -10,6 +10,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Literal
 
+from meter.sip.session_timer import MIN_SE_FLOOR
+
 
 @dataclass(frozen=True)
 class SipSettings:
@@ -57,6 +59,16 @@ class SipSettings:
     timer_d: float = 32.0
     """RFC 3261 §17.1.1.2 Timer D: how long an INVITE client transaction absorbs retransmitted final
     responses over UDP (at least 32 s)."""
+    session_expires: int = 1800
+    """Session-Expires (seconds) the node adds to an INVITE, re-INVITE or UPDATE that has none
+    (RFC 4028 §8.1); 0 = add none. A callee that does session timers then refreshes the call, and
+    a call whose refreshes stop (a lost BYE, a crashed endpoint) is ended after one interval instead
+    of `max_dialog_age`. Endpoints without the extension are unaffected (no Require is added).
+    1800 s is RFC 4028 §4's recommended interval and Asterisk's default (timers_sess_expires)."""
+    min_se: int = 90
+    """Shortest session interval accepted (RFC 4028 §5 Min-SE): shorter ones get 422 with Min-SE
+    when the caller supports timers, else are raised to it (§8.1). 90 s is the RFC's floor (the
+    least any element may demand, so refreshes cost little) and Asterisk's default (timers_min_se)."""
     max_dialog_age: float = 86400.0
     """Calls older than this (seconds) are ended by the reaper: a lost BYE must not hold a session
     license forever. 24 h: longer than any real meeting, short enough that a lost BYE frees its
@@ -100,6 +112,11 @@ class SipSettings:
                      "tcp_idle_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: expected a positive number of seconds, got {getattr(self, name)}")
+        if self.min_se < MIN_SE_FLOOR:
+            raise ValueError(f"min_se: RFC 4028 §5 allows no Min-SE under {MIN_SE_FLOOR} seconds, got {self.min_se}")
+        if self.session_expires and self.session_expires < self.min_se:
+            raise ValueError(
+                f"session_expires: expected 0 or at least min_se ({self.min_se}), got {self.session_expires}")
         if self.t2 < self.t1:
             raise ValueError(f"t2 ({self.t2}) must not be shorter than t1 ({self.t1})")
         if self.max_message_bytes < 1024 or self.max_headers < 16:

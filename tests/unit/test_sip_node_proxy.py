@@ -7,68 +7,24 @@ from __future__ import annotations
 import pytest
 
 from meter.codecs.sip import Request, Response, make_response, parse
-from meter.sip.clock import FakeClock
-from meter.sip.core import SipCore
 from meter.sip.peer import Peer
 from meter.sip.policy import Verdict
-from meter.sip.routing import Advertised
-from meter.sip.settings import SipSettings
-from tests.sipclient import FakeNet, Phone, Recorder
+from tests.sipclient import LAB_ANSWER, LAB_OFFER, LAB_RR, CoreLab, Phone, Recorder
 
-NODE = Advertised("10.0.0.1", 5060)
-RR = "<sip:10.0.0.1:5060;lr>"
+RR = LAB_RR
 UPSTREAM = Peer("udp", "10.0.0.50", 5060)
-OFFER = b"v=0\r\no=a 1 1 IN IP4 10.0.0.2\r\ns=-\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
-ANSWER = b"v=0\r\no=b 1 1 IN IP4 10.0.0.3\r\ns=-\r\nt=0 0\r\nm=audio 5000 RTP/AVP 0\r\n"
-
-
-class Lab:
-    def __init__(self, mode="standalone", policy=None, **overrides):
-        self.clock = FakeClock()
-        self.net = FakeNet()
-        self.policy = policy or Recorder()
-        kw = dict(host="10.0.0.1", port=5060, mode=mode, t1=0.5)
-        if mode == "inline":
-            kw["upstream"] = "10.0.0.50:5060"
-        kw.update(overrides)
-        self.core = SipCore(SipSettings(**kw), clock=self.clock, send=self.net.send, advertised=NODE,
-                            policy=self.policy, local_names=["10.0.0.1:5060"],
-                            upstream=UPSTREAM if mode == "inline" else None)
-        self.core.start()
-        self.alice = Phone("alice", "10.0.0.2", 5062)
-        self.bob = Phone("bob", "10.0.0.3", 5064)
-
-    def feed(self, msg, source):
-        data = msg.to_bytes() if not isinstance(msg, bytes) else msg
-        self.core.receive_datagram(data, source.peer if isinstance(source, Phone) else source)
-
-    def register(self, phone, expires=3600):
-        self.feed(phone.register(expires), phone)
-        resp, peer = self.net.only()
-        assert resp.status == 200, resp
-        return resp
-
-    def sent_to(self, peer) -> list:
-        return [m for m, p in self.net.take() if p.address == peer.address]
+OFFER = LAB_OFFER
+ANSWER = LAB_ANSWER
+Lab = CoreLab
 
 
 def take_one(lab, phone) -> Request | Response:
-    msgs = lab.net.take()
-    mine = [m for m, p in msgs if p.address == (phone.host, phone.port)]
-    assert len(mine) == 1, [(repr(m), str(p)) for m, p in msgs]
-    return mine[0]
+    return lab.take_one(phone)
 
 
 def setup_call(lab, *, body=OFFER, extra_headers=()):
     """alice INVITEs bob (registered); returns (alice's INVITE, what bob received)."""
-    invite = lab.alice.request("INVITE", "sip:bob@lab.test", body=body, headers=extra_headers)
-    lab.feed(invite, lab.alice)
-    msgs = lab.net.take()
-    trying = [m for m, p in msgs if isinstance(m, Response)]
-    assert [r.status for r in trying] == [100]
-    at_bob = [m for m, p in msgs if isinstance(m, Request)]
-    assert len(at_bob) == 1
-    return invite, at_bob[0]
+    return lab.setup_call(body=body, extra_headers=extra_headers)
 
 
 # -- registrar (standalone) ---------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ def test_defaults_are_rfc3261_timers_and_port_5060():
     assert (s.host, s.port, s.udp, s.tcp, s.mode) == ("0.0.0.0", 5060, True, True, "standalone")
     assert (s.t1, s.t2, s.t4) == (0.5, 4.0, 5.0)  # RFC 3261 §17.1.1.1, §17.1.2.2
     assert (s.min_expires, s.max_expires, s.default_expires) == (60, 3600, 3600)
+    assert (s.session_expires, s.min_se) == (1800, 90)  # RFC 4028 §4 recommended interval, §5 floor
 
 
 def test_every_field_is_a_plain_documented_type():
@@ -43,6 +44,8 @@ def test_built_from_toml_table():
     ({"t1": 0}, "t1"),
     ({"t1": 5.0}, "t2"),
     ({"port": 70000}, "port"),
+    ({"min_se": 60}, "min_se"),  # RFC 4028 §5: no Min-SE under 90 s
+    ({"session_expires": 60}, "session_expires"),
 ])
 def test_bad_values_name_the_key(table, expected):
     with pytest.raises(cfg.ConfigError) as info:
