@@ -25,6 +25,7 @@ from meter.h323.inline import InlineGatekeeper
 from meter.h323.policy import RasPolicy
 from meter.h323.settings import H323Settings
 from meter.logs import log_event
+from meter.sockets import enlarge_receive_buffer
 
 log = logging.getLogger("meter.h323")
 
@@ -66,6 +67,7 @@ class RasNode:
         self._transport, _ = await loop.create_datagram_endpoint(
             lambda: _RasProtocol(self), local_addr=(s.host, s.ras_port), family=family)
         self.port = self._transport.get_extra_info("sockname")[1]
+        enlarge_receive_buffer(self._transport)
         unspecified = ipaddress.ip_address(s.host).is_unspecified
         host = s.advertised_host or (_primary_address() if unspecified else s.host)
         self.ras_address = TransportAddress(host, self.port)

@@ -16,6 +16,7 @@ import socket
 from typing import Protocol
 
 from meter.codecs.sip import Limits, SIPError, StreamReader
+from meter.sockets import enlarge_receive_buffer
 from meter.sip.peer import Peer
 from meter.sip.routing import is_ip
 
@@ -160,6 +161,7 @@ class Transports:
                     self.udp, _ = await self.loop.create_datagram_endpoint(
                         lambda: UdpEndpoint(self), local_addr=(host, bound))
                     bound = self.udp.get_extra_info("sockname")[1]
+                    enlarge_receive_buffer(self.udp)
                 if tcp:
                     self.tcp_server = await self.loop.create_server(
                         lambda: TcpConnection(self), host, bound, reuse_address=True)
