@@ -19,6 +19,7 @@ bench: $(VENV)/.installed debian-deps
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 fuzz: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[fuzz]'
 	$(PY) -m bench.fuzz $(FUZZ_ARGS)
 
 deps: $(VENV)/.installed debian-deps
