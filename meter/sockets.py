@@ -21,3 +21,21 @@ def enlarge_receive_buffer(transport) -> int:
         return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
     except OSError:  # not permitted here: keep the default rather than fail to start
         return 0
+
+
+def primary_address() -> str:
+    """The address of the interface that routes outward; a UDP connect sends no packet."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(("192.0.2.1", 9))  # TEST-NET-1 (RFC 5737): never actually reached
+        return probe.getsockname()[0]
+    except OSError:
+        return "127.0.0.1"
+    finally:
+        probe.close()
+
+
+def valid_hostport(text: str) -> bool:
+    """"host:port" with a port in 1..65535 (the form of every upstream and zone target setting)."""
+    host, sep, port = text.rpartition(":")
+    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)

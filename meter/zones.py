@@ -12,6 +12,7 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 from typing import Literal
+from meter.sockets import valid_hostport
 
 ZoneKind = Literal[
     "unified_cm", "cisco_conferencing", "cloud_cmr", "traversal", "external",
@@ -51,13 +52,9 @@ class ZoneSettings:
                 raise ValueError(f"zone {self.name!r}: peers: {peer!r} is not an address or CIDR") from None
         for rule in self.match:
             _compile_rule(rule, self.name)
-        if self.target and not _valid_hostport(self.target):
+        if self.target and not valid_hostport(self.target):
             raise ValueError(f"zone {self.name!r}: target: expected host:port, got {self.target!r}")
 
-
-def _valid_hostport(text: str) -> bool:
-    host, sep, port = text.rpartition(":")
-    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)
 
 
 def _compile_rule(rule: str, zone: str):

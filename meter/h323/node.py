@@ -25,7 +25,7 @@ from meter.h323.inline import InlineGatekeeper
 from meter.h323.policy import RasPolicy
 from meter.h323.settings import H323Settings
 from meter.logs import log_event
-from meter.sockets import enlarge_receive_buffer
+from meter.sockets import enlarge_receive_buffer, primary_address
 
 log = logging.getLogger("meter.h323")
 
@@ -69,7 +69,7 @@ class RasNode:
         self.port = self._transport.get_extra_info("sockname")[1]
         enlarge_receive_buffer(self._transport)
         unspecified = ipaddress.ip_address(s.host).is_unspecified
-        host = s.advertised_host or (_primary_address() if unspecified else s.host)
+        host = s.advertised_host or (primary_address() if unspecified else s.host)
         self.ras_address = TransportAddress(host, self.port)
         # Hooks get wall-clock times; the core runs on the loop's monotonic clock.
         common = dict(ras_address=self.ras_address, wall_offset=time.time() - loop.time(), counters=self.counters)
@@ -133,15 +133,3 @@ class RasNode:
             out["calls"] = len(self.core.calls)
             out["pending_upstream"] = len(getattr(self.core, "pending", ()))
         return out
-
-
-def _primary_address() -> str:
-    """The address of the interface that routes outward; a UDP connect sends no packet."""
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        probe.connect(("192.0.2.1", 9))  # TEST-NET-1 (RFC 5737): never actually reached
-        return probe.getsockname()[0]
-    except OSError:
-        return "127.0.0.1"
-    finally:
-        probe.close()

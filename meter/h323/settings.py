@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 from typing import Literal
+from meter.sockets import valid_hostport
 
 
 @dataclass(frozen=True)
@@ -63,9 +64,9 @@ class H323Settings:
                 raise ValueError(f"{name}: expected an IP address, got {getattr(self, name)!r}") from None
         if not 0 <= self.ras_port <= 65535:
             raise ValueError(f"ras_port: expected 0..65535, got {self.ras_port}")
-        if self.mode == "inline" and not _valid_hostport(self.upstream):
+        if self.mode == "inline" and not valid_hostport(self.upstream):
             raise ValueError(f"upstream: inline mode needs the gatekeeper as host:port, got {self.upstream!r}")
-        if self.upstream and not _valid_hostport(self.upstream):
+        if self.upstream and not valid_hostport(self.upstream):
             raise ValueError(f"upstream: expected host:port, got {self.upstream!r}")
         if not 1 <= len(self.gatekeeper_id) <= 128:
             raise ValueError(f"gatekeeper_id: expected 1..128 characters (H.225.0 GatekeeperIdentifier), "
@@ -84,8 +85,3 @@ class H323Settings:
     def upstream_hostport(self) -> tuple[str, int]:
         host, _, port = self.upstream.rpartition(":")
         return host.strip("[]"), int(port)
-
-
-def _valid_hostport(text: str) -> bool:
-    host, sep, port = text.rpartition(":")
-    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)

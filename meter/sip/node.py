@@ -15,6 +15,7 @@ import ipaddress
 import logging
 import socket
 
+from meter.sockets import primary_address
 from meter.codecs.sip import DEFAULT_LIMITS, Limits
 from meter.logs import log_event
 from meter.sip.clock import LoopClock
@@ -48,7 +49,7 @@ class SipNode:
         self.port = await transports.start(s.host, s.port, udp=s.udp, tcp=s.tcp)
         self._transports = transports
         unspecified = ipaddress.ip_address(s.host).is_unspecified
-        adv_host = s.advertised_host or (_primary_address() if unspecified else s.host)
+        adv_host = s.advertised_host or (primary_address() if unspecified else s.host)
         advertised = Advertised(adv_host, s.advertised_port or self.port)
         local_names = [f"{adv_host}:{self.port}"]
         if unspecified:
@@ -100,15 +101,3 @@ class SipNode:
         if self._transports is not None:
             out["tcp_connections"] = len(self._transports.by_id)
         return out
-
-
-def _primary_address() -> str:
-    """The address of the interface that routes outward; a UDP connect sends no packet."""
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        probe.connect(("192.0.2.1", 9))  # TEST-NET-1 (RFC 5737): never actually reached
-        return probe.getsockname()[0]
-    except OSError:
-        return "127.0.0.1"
-    finally:
-        probe.close()

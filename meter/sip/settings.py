@@ -10,6 +10,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Literal
 
+from meter.sockets import valid_hostport
 from meter.sip.session_timer import MIN_SE_FLOOR
 
 
@@ -99,9 +100,9 @@ class SipSettings:
                 raise ValueError(f"{name}: expected 0..65535, got {value}")
         if not (self.udp or self.tcp):
             raise ValueError("udp and tcp are both false: the node would not listen at all")
-        if self.mode == "inline" and not _valid_hostport(self.upstream):
+        if self.mode == "inline" and not valid_hostport(self.upstream):
             raise ValueError(f"upstream: inline mode needs the registrar as host:port, got {self.upstream!r}")
-        if self.upstream and not _valid_hostport(self.upstream):
+        if self.upstream and not valid_hostport(self.upstream):
             raise ValueError(f"upstream: expected host:port, got {self.upstream!r}")
         if not 1 <= self.min_expires <= self.default_expires <= self.max_expires:
             raise ValueError(
@@ -126,8 +127,3 @@ class SipSettings:
     def upstream_hostport(self) -> tuple[str, int]:
         host, _, port = self.upstream.rpartition(":")
         return host.strip("[]"), int(port)
-
-
-def _valid_hostport(text: str) -> bool:
-    host, sep, port = text.rpartition(":")
-    return bool(sep and host and port.isdigit() and 0 < int(port) < 65536)
