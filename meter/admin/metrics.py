@@ -74,7 +74,9 @@ class NodeCollector:
 
         alarms = GaugeMetricFamily("meter_alarm_active", "1 while an alarm stands (P4 capacity, K3 restart required, exhausted pools...).", labels=["alarm", "rule"])
         for alarm in snap.alarms:
-            alarms.add_metric([_alarm_label(alarm.id), alarm.rule], 1)
+            # Alarm ids are few and fixed: capacity-node, capacity-cluster, restart-required, one per
+            # license pool (license-exhausted-rms...) and one per cluster peer (at most six).
+            alarms.add_metric([alarm.id, alarm.rule], 1)
         yield alarms
 
         info = GaugeMetricFamily("meter_node_info", "Static facts about this node.", labels=["node", "role", "enforcement", "sip_mode"])
@@ -140,14 +142,6 @@ class NodeCollector:
         family = HistogramMetricFamily("meter_message_processing_seconds", "Time from a message's arrival to the end of its handling, per protocol.", labels=["protocol"])
         family.add_metric(["sip"], histogram.cumulative(), histogram.sum)
         yield family
-
-
-def _alarm_label(alarm_id: str) -> str:
-    # Alarm ids carry a peer name or license ("peer-lost-meter-2"); labels keep the fixed family.
-    for family in ("peer-lost", "license-exhausted"):
-        if alarm_id.startswith(family + "-"):
-            return family
-    return alarm_id
 
 
 def render(node) -> bytes:
