@@ -145,6 +145,10 @@ class Metering:
         self.ledger.set_licenses(grants.quantities, now)
         self._next_key_change = self.licensing.next_change(now)
         log_event(log, "licenses.in_force", quantities=dict(grants.quantities))
+        if not grants.quantities and self.ledger.mode == "enforce":
+            log_event(log, "licenses.none_in_enforce_mode", logging.WARNING,
+                      hint="every registration and RMS call will be refused: install option keys "
+                           "(meter xconfiguration option 1 key ...) or set [licensing] enforcement = \"observe\"")
 
     def _reload_keys(self, now: float) -> None:
         rows = self.licensing.store.key_rows()
