@@ -57,3 +57,10 @@ def test_run_refuses_to_start_on_bad_config(tmp_path, capsys):
     assert main(["run", "--config", str(path)]) == 2
     err = capsys.readouterr().err
     assert "not starting" in err and "[admin] port: expected an integer, got True" in err
+
+
+def test_the_lab_compose_config_is_valid():
+    from pathlib import Path
+
+    config = cfg.load(Path(__file__).resolve().parents[2] / "deploy" / "lab" / "meter-inline.toml")
+    assert config.sip.mode == "inline" and config.cluster.store == "redis"
