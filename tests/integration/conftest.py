@@ -10,7 +10,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -20,23 +19,9 @@ import pytest
 
 from meter.sip.node import SipNode
 from meter.sip.settings import SipSettings
+from tests.integration.peers import free_port  # noqa: F401  (one definition; tests import it from here too)
 
 KAMAILIO_CFG = Path(__file__).parent / "kamailio" / "kamailio.cfg"
-
-
-def free_port() -> int:
-    """A loopback port free on both UDP and TCP (SIP listens on both)."""
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
-            port = udp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-        return port
-    raise RuntimeError("no free port on loopback")
 
 
 def need(tool: str) -> str:
