@@ -17,6 +17,7 @@ from meter.h323.node import RasNode
 from meter.h323.settings import H323Settings
 from tests.integration.conftest import run
 from tests.rasclient import Endpoint, RasClient, RecordingPolicy
+from tests.integration.peers import async_wait_until as wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -35,15 +36,6 @@ async def running_node(policy=None, **settings):
         yield node
     finally:
         await node.close()
-
-
-async def wait_until(predicate, timeout: float = 5.0, what: str = "condition"):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 @pytest.mark.parametrize("loop", LOOPS)

@@ -13,7 +13,7 @@ import asyncio
 import pytest
 
 from meter.codecs.sip import new_tag
-from tests.integration.peers import MeterProcess, PrometheusProcess, promtool_check_metrics, wait_until
+from tests.integration.peers import MeterProcess, PrometheusProcess, promtool_check_metrics
 from tests.integration.test_metering_prometheus import register
 from tests.sipclient import SDP_ANSWER, SDP_OFFER, SipUA
 

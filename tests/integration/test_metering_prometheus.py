@@ -11,9 +11,8 @@ import asyncio
 
 import pytest
 
-from meter.codecs.sip import make_response, new_tag
 from tests.integration.peers import MeterProcess, PrometheusProcess, promtool_check_metrics
-from tests.sipclient import SDP_ANSWER, SDP_OFFER, SipUA
+from tests.sipclient import SipUA
 
 pytestmark = pytest.mark.integration
 

@@ -13,6 +13,7 @@ import pytest
 
 from tests.integration.conftest import run, running_node
 from tests.sipclient import SDP_ANSWER, SDP_OFFER, Recorder, SipUA
+from tests.integration.peers import async_wait_until as wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -23,15 +24,6 @@ def names(*roles: str) -> list[str]:
     """User names unique in the session: the Kamailio instance is shared between tests."""
     n = next(_ids)
     return [f"{role}{n}" for role in roles]
-
-
-async def wait_until(predicate, timeout: float = 5.0, what: str = "condition"):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def endpoints(node, *users, transports=None):

@@ -10,19 +10,11 @@ import pytest
 
 from tests.integration.conftest import run, running_node
 from tests.sipclient import SDP_ANSWER, SDP_OFFER, Recorder, SipUA
+from tests.integration.peers import async_wait_until as wait_until
 
 pytestmark = pytest.mark.integration
 
 LOOPS = ["asyncio", "uvloop"]
-
-
-async def wait_until(predicate, timeout: float = 5.0, what: str = "condition"):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 @pytest.mark.parametrize("loop", LOOPS)
@@ -88,6 +80,7 @@ def test_call_between_registered_endpoints_udp_to_tcp(loop):
             bob.reply(at_bob_re, 200, to_tag="bt", contact=True, body=SDP_ANSWER, content_type="application/sdp",
                       record_route=False)
             re_ok = await alice.expect(status=200, cseq_method="INVITE")
+            assert re_ok.cseq.number == reinvite.cseq.number and re_ok.body == SDP_ANSWER
             alice.ack_2xx(dialog_with_cseq(dialog, reinvite))
             await bob.expect(method="ACK")
             bye = alice.in_dialog(dialog, "BYE")
