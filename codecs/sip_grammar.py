@@ -153,6 +153,8 @@ def parse_params(text: str, pos: int = 0, what: str = "header") -> dict[str, str
 
 
 def _format_params(params: dict[str, str | None]) -> str:
+    if not params:  # most URIs and name-addrs
+        return ""
     return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params.items())
 
 
@@ -198,6 +200,9 @@ class URI:
     params: dict[str, str | None] = field(default_factory=dict)
     headers: dict[str, str] = field(default_factory=dict)
     opaque: str | None = None  # everything after "scheme:" for schemes other than sip/sips/tel
+    _text: str = field(default="", init=False, compare=False, repr=False)
+    """The text this URI was parsed from, when ``str()`` would give exactly it: every Contact and
+    Route a proxy copies is then not rebuilt. URIs are values: never edit one after parsing."""
 
     @property
     def is_sip(self) -> bool:
@@ -216,6 +221,8 @@ class URI:
         return f"{self.scheme}:{user}@{host}" if user is not None else f"{self.scheme}:{host}"
 
     def __str__(self) -> str:
+        if self._text:
+            return self._text
         if self.opaque is not None:
             return f"{self.scheme}:{self.opaque}"
         if self.scheme == "tel":
@@ -285,7 +292,10 @@ def _parse_sip_uri(scheme: str, rest: str) -> URI:
             for p in ptext[1:].split(";"):
                 name, eq, value = p.partition("=")
                 params[name.lower()] = value if eq else None
-        return URI(scheme, user, None, host, port, params, {})
+        uri = URI(scheme, user, None, host, port, params, {})
+        if scheme.islower() and ptext == ptext.lower():  # str() rebuilds exactly this text
+            uri._text = f"{scheme}:{rest}"
+        return uri
     return _parse_sip_uri_general(scheme, rest)
 
 
@@ -391,6 +401,8 @@ def parse_name_addr(text: str) -> NameAddr:
             if port > 65535:
                 raise SIPError("Bad Request - malformed port in URI")
         uri = URI(scheme, user, None, host, port, _simple_params(uparams) if uparams else {}, {})
+        if not uparams or uparams == uparams.lower():  # str() rebuilds exactly this text
+            uri._text = s[m.start(3):m.end(7)]
         return NameAddr(display, uri, _simple_params(hparams) if hparams else {})
     return _parse_name_addr_general(s)
 
