@@ -24,7 +24,8 @@ class Node:
         self.sip = None
         self.admin = None
         self.metering = None
-        self.latency = None
+        self.latency = None  # SIP's processing-latency histogram
+        self.latency_ras = None  # H.323 RAS's, when h323 is enabled
         self.pool_sync = None
         self.ras = None
         self._ticker: asyncio.Task | None = None
@@ -51,6 +52,8 @@ class Node:
             from meter.h323.node import RasNode
 
             self.ras = RasNode(self.config.h323, self.metering.ras_policy())
+            self.latency_ras = LatencyHistogram()
+            self.ras.receiver = TimedReceiver(self.ras, self.latency_ras)
             await self.ras.start()
         self.latency = LatencyHistogram()
         transports = self.sip._transports

@@ -38,7 +38,8 @@ class LatencyHistogram:
 
 
 class TimedReceiver:
-    """Wraps the SIP core as the transports' receiver and times each message's handling."""
+    """Wraps a receiver and times each message's handling: the SIP core (as the transports'
+    receiver) or the RAS node (which only has receive_datagram)."""
 
     __slots__ = ("inner", "histogram", "_clock")
 

@@ -1,6 +1,6 @@
 """Prometheus exposition: built from the node's state when /metrics is scraped.
 
-Nothing here runs per message: the ledger, the SIP counters and the latency histogram keep plain
+Nothing here runs per message: the ledger, the SIP counters and the latency histograms keep plain
 numbers, and this collector turns them into metric families on each scrape. Names follow the
 prometheus-client conventions (snake_case, unit suffix, `_total` on counters) and every label
 takes values from a small fixed set: never a Call-ID or an alias.
@@ -136,11 +136,15 @@ class NodeCollector:
         yield malformed
 
     def _latency_families(self):
-        histogram = self.node.latency
-        if histogram is None:
+        # One family, one sample set per protocol the node times (RAS only when h323 is enabled).
+        timed = [(protocol, histogram) for protocol, histogram in
+                 (("sip", self.node.latency), ("h323", getattr(self.node, "latency_ras", None)))
+                 if histogram is not None]
+        if not timed:
             return
         family = HistogramMetricFamily("meter_message_processing_seconds", "Time from a message's arrival to the end of its handling, per protocol.", labels=["protocol"])
-        family.add_metric(["sip"], histogram.cumulative(), histogram.sum)
+        for protocol, histogram in timed:
+            family.add_metric([protocol], histogram.cumulative(), histogram.sum)
         yield family
 
 

@@ -31,13 +31,12 @@ log = logging.getLogger("meter.h323")
 
 
 class _RasProtocol(asyncio.DatagramProtocol):
-    def __init__(self, node: "RasNode") -> None:
+    def __init__(self, node: "RasNode", receiver) -> None:
         self.node = node
+        self.receive_datagram = receiver.receive_datagram  # the node, or a TimedReceiver around it
 
     def datagram_received(self, data: bytes, addr) -> None:
-        node = self.node
-        if node.core is not None:
-            node._send_all(node.core.receive(data, addr, node._loop.time()))
+        self.receive_datagram(data, addr)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP port unreachable from an endpoint that went away, and the like: nothing to undo.
@@ -48,6 +47,8 @@ class RasNode:
     def __init__(self, settings: H323Settings | None = None, policy: RasPolicy | None = None) -> None:
         self.settings = settings or H323Settings()
         self.policy = policy
+        # What the socket hands each datagram to; the app swaps in a TimedReceiver before start().
+        self.receiver = self
         self.counters = RasCounters()
         self.core: Gatekeeper | None = None
         self.port = 0
@@ -65,7 +66,7 @@ class RasNode:
         loop = self._loop = asyncio.get_running_loop()
         family = socket.AF_INET6 if ipaddress.ip_address(s.host).version == 6 else socket.AF_INET
         self._transport, _ = await loop.create_datagram_endpoint(
-            lambda: _RasProtocol(self), local_addr=(s.host, s.ras_port), family=family)
+            lambda: _RasProtocol(self, self.receiver), local_addr=(s.host, s.ras_port), family=family)
         self.port = self._transport.get_extra_info("sockname")[1]
         enlarge_receive_buffer(self._transport)
         unspecified = ipaddress.ip_address(s.host).is_unspecified
@@ -100,6 +101,11 @@ class RasNode:
             self._transport = None
             await asyncio.sleep(0)  # let the loop run the transport's close callbacks
         log_event(log, "h323.stopped", port=self.port)
+
+    def receive_datagram(self, data: bytes, addr) -> None:
+        """One RAS datagram in: the core decides, its answers go out before this returns."""
+        if self.core is not None:
+            self._send_all(self.core.receive(data, addr, self._loop.time()))
 
     def _housekeeping(self) -> None:
         if self.core is None:

@@ -13,7 +13,9 @@ import asyncio
 import pytest
 
 from meter.codecs.ras import Vendor
-from tests.integration.peers import MeterProcess, PrometheusProcess
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.integration.peers import MeterProcess, PrometheusProcess, promtool_check_metrics
 from tests.integration.test_metering_prometheus import register as sip_register
 from tests.rasclient import RasClient
 from tests.sipclient import SipUA
@@ -106,6 +108,12 @@ def test_r4_r8_r9_c1_c9_c4_h323_registrations_and_admissions_metered(tmp_path):
         asyncio.run(scenario())
         metrics = node.metrics_text()
         assert 'meter_ras_messages_total{direction="in",kind="RRQ"} 5.0' in metrics
+        # Every RAS datagram handled is timed in the same histogram family as SIP's.
+        counts = {sample.labels["protocol"]: sample.value
+                  for family in text_string_to_metric_families(metrics) for sample in family.samples
+                  if sample.name == "meter_message_processing_seconds_count"}
+        assert counts.get("h323", 0) > 0 and counts.get("sip", 0) > 0, counts
+        promtool_check_metrics(metrics)
     finally:
         prom.stop()
         rc = node.stop()

@@ -1,16 +1,21 @@
 """The /metrics exposition: names, labels and values from the node's state (issue 4)."""
 
+import asyncio
 from types import SimpleNamespace
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from meter.admin import metrics
-from meter.admin.latency import LatencyHistogram
+from meter.admin.latency import LatencyHistogram, TimedReceiver
+from meter.h323.node import RasNode
+from meter.h323.settings import H323Settings
+from tests.rasclient import RasClient
 from tests.unit.test_metering import ROOM_KIT, DX80, invite, make_metering, register
 
 
-def scrape(metering, latency=None):
-    node = SimpleNamespace(metering=metering, sip=None, ras=None, pool_sync=None, latency=latency)
+def scrape(metering, latency=None, *, ras=None, latency_ras=None):
+    node = SimpleNamespace(metering=metering, sip=None, ras=ras, pool_sync=None, latency=latency,
+                           latency_ras=latency_ras)
     samples = {}
     for family in text_string_to_metric_families(metrics.render(node).decode()):
         for sample in family.samples:
@@ -39,3 +44,33 @@ def test_r11_c4_series_show_pools_registrations_calls_refusals_and_one_alarm_per
     assert s[("meter_message_processing_seconds_count", (("protocol", "sip"),))] == 1
     assert s[("meter_message_processing_seconds_bucket", (("le", "0.0005"), ("protocol", "sip")))] == 1
     assert s[("meter_message_processing_seconds_bucket", (("le", "0.00025"), ("protocol", "sip")))] == 0
+
+
+def test_ras_datagrams_are_timed_under_protocol_h323_next_to_sip():
+    """An RRQ through a RasNode wired as the app wires it lands in the h323 sample set."""
+    m, _, _ = make_metering()
+    sip_latency, ras_latency = LatencyHistogram(), LatencyHistogram()
+    sip_latency.observe(0.0003)
+
+    async def scenario():
+        ras = RasNode(H323Settings(host="127.0.0.1", ras_port=0), m.ras_policy())
+        ras.receiver = TimedReceiver(ras, ras_latency)
+        await ras.start()
+        client = await RasClient.open(("127.0.0.1", ras.port), [("h323-ID", "room1")])
+        try:
+            assert (await client.register()).short == "RCF"
+        finally:
+            client.close()
+            await ras.close()
+        return ras
+
+    ras = asyncio.run(scenario())
+    s = scrape(m, sip_latency, ras=ras, latency_ras=ras_latency)
+    assert s[("meter_ras_messages_total", (("direction", "in"), ("kind", "RRQ")))] == 1
+    assert s[("meter_message_processing_seconds_count", (("protocol", "h323"),))] >= 1
+    assert s[("meter_message_processing_seconds_bucket", (("le", "+Inf"), ("protocol", "h323")))] >= 1
+    assert s[("meter_message_processing_seconds_sum", (("protocol", "h323"),))] > 0
+    assert s[("meter_message_processing_seconds_count", (("protocol", "sip"),))] == 1
+    # No RAS histogram (h323 disabled): only the sip sample set.
+    assert not any(name.startswith("meter_message_processing_seconds") and ("protocol", "h323") in labels
+                   for name, labels in scrape(m, sip_latency))
