@@ -94,6 +94,7 @@ _MAX_CSEQ = 2**31 - 1   # RFC 3261 §8.1.1.5: the sequence number MUST be less t
 _MAX_DELTA = 2**32 - 1  # RFC 3261 §20.19/§25.1 delta-seconds; larger -> 400 (RFC 4475 §3.1.2.4 scalar02)
 _KEY_CACHE: dict[bytes, str] = {}
 _NAME_CACHE: dict[str, str] = {}
+_MADE_NAMES: dict[str, tuple[str, int]] = {}  # header names _Line.make checked: (key, value start)
 
 
 def header_key(name: str) -> str:
@@ -129,12 +130,17 @@ class _Line:
 
     @classmethod
     def make(cls, name: str, value: str) -> "_Line":
-        if not _TOKEN_S.fullmatch(name):
-            raise ValueError(f"header name must be a token: {name!r}")
+        known = _MADE_NAMES.get(name)
+        if known is None:
+            if not _TOKEN_S.fullmatch(name):
+                raise ValueError(f"header name must be a token: {name!r}")
+            known = (_key_of(name), len(name.encode("utf-8", "surrogateescape")) + 1)
+            if len(_MADE_NAMES) < 256:  # the node writes a handful of names; peers' names pass too
+                _MADE_NAMES[name] = known
         _check_text(value)
         value = value.strip(" \t")
         raw = f"{name}: {value}".encode("utf-8", "surrogateescape")
-        return cls(_key_of(name), raw, len(name.encode("utf-8", "surrogateescape")) + 1, value)
+        return cls(known[0], raw, known[1], value)
 
     @property
     def name(self) -> str:
@@ -594,39 +600,51 @@ class Response(Message):
 # ---- parsing ---------------------------------------------------------------------------------------
 
 
-def _split_lines(head: bytes, limits: Limits) -> tuple[bytes, list[_Line]]:
+def _split_lines(head: bytes, limits: Limits) -> tuple[bytes, list[_Line], SIPError | None]:
+    """The start line, the header lines, and the first fault found in them.
+
+    A broken line is left out rather than failing the whole message at once, so the caller can
+    still build a ``400`` carrying the reason from the lines that are sound (Via, From, To...).
+    """
+    error = None
     # RFC 3261 §7: lines end in CRLF; a bare CR or LF is not a line end and not allowed in a value.
     crlf = head.count(b"\r\n")
-    if head.count(b"\r") != crlf or head.count(b"\n") != crlf:
-        raise SIPError("Bad Request - bare CR or LF in header section")
+    bare = head.count(b"\r") != crlf or head.count(b"\n") != crlf
+    if bare:
+        error = SIPError("Bad Request - bare CR or LF in header section")
     raw_lines = head.split(_CRLF)
     lines: list[_Line] = []
     append = lines.append
     cache = _KEY_CACHE
     for raw in raw_lines[1:]:
+        if bare and (b"\r" in raw or b"\n" in raw):
+            continue  # never copied into an answer: a bare LF there would forge a header
         c = raw[0]
         if c == 32 or c == 9:  # RFC 3261 §7.3.1 continuation line
             if not lines:
-                raise SIPError("Bad Request - continuation line before the first header")
+                error = error or SIPError("Bad Request - continuation line before the first header")
+                continue
             prev = lines[-1]
             prev.raw = prev.raw + b"\r\n" + raw
             continue
         colon = raw.find(b":")
         if colon <= 0:
-            raise SIPError("Bad Request - malformed header line")
+            error = error or SIPError("Bad Request - malformed header line")
+            continue
         name = raw[:colon]
         key = cache.get(name)
         if key is None:
-            bare = name.rstrip(b" \t")
-            if not _TOKEN_B.fullmatch(bare):
-                raise SIPError("Bad Request - malformed header name")
-            key = canonical(bare.decode("ascii"))
+            bare_name = name.rstrip(b" \t")
+            if not _TOKEN_B.fullmatch(bare_name):
+                error = error or SIPError("Bad Request - malformed header name")
+                continue
+            key = canonical(bare_name.decode("ascii"))
             if len(cache) < 1024:  # bounded: names are chosen by peers
                 cache[name] = key
         append(_Line(key, raw, colon + 1))
     if len(lines) > limits.max_headers:
         raise SIPError("Message Too Large - too many header fields", 513)
-    return raw_lines[0], lines
+    return raw_lines[0], lines, error
 
 
 def _start_fields(start: bytes):
@@ -651,11 +669,20 @@ def _start_fields(start: bytes):
     if len(parts) != 3 or not parts[1]:
         error = SIPError("Bad Request - malformed Request-Line")
         parts = s.split()
-        if len(parts) < 3:
+        if len(parts) == 2 and _VERSION_RE.fullmatch(parts[1]):
+            # "OPTIONSsip:host SIP/2.0": method and URI run together, yet plainly a request to answer
+            method = _TOKEN_S.match(parts[0])
+            if method is None:
+                raise error
+            parts = [method.group(), parts[0][method.end():], parts[1]]
+        elif len(parts) < 3:
             raise error
-        parts = [parts[0], " ".join(parts[1:-1]), parts[-1]]
+        else:
+            parts = [parts[0], " ".join(parts[1:-1]), parts[-1]]
     if not _TOKEN_S.fullmatch(parts[0]):
-        raise SIPError("Bad Request - malformed Request-Line")
+        if not (_TOKEN_S.match(parts[0]) and _VERSION_RE.fullmatch(parts[2])):
+            raise SIPError("Bad Request - malformed Request-Line")
+        error = error or SIPError("Bad Request - malformed method")  # a request still: answer it
     version = parts[2]
     if version.upper() != "SIP/2.0" and error is None:
         if _VERSION_RE.fullmatch(version):
@@ -689,8 +716,9 @@ def parse(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Request | Response:
         data = data + _CRLF
     if end > limits.max_header_bytes:
         raise SIPError("Message Too Large - header section too large", 513)
-    start, lines = _split_lines(data[:end], limits)
+    start, lines, line_error = _split_lines(data[:end], limits)
     is_request, fields, error = _start_fields(start)
+    error = error or line_error
     msg: Request | Response = Request(*fields, lines) if is_request else Response(*fields, lines)
     msg._start = start
     try:

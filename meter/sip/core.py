@@ -106,6 +106,14 @@ def _guarded(fn):
     return wrapper
 
 
+def _maybe_ack(req: Request) -> bool:
+    """An ACK is never answered (RFC 3261 §17.2.1), even one so broken its method is unreadable."""
+    if req.method == "ACK":
+        return True
+    cseq = req.header("cseq") or ""
+    return cseq.rstrip().upper().endswith(" ACK")
+
+
 def _reason_text(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"')
 
@@ -220,7 +228,7 @@ class SipCore:
         """A message the codec refused: a request gets its status and reason (DESIGN.md principle 5);
         anything else is dropped and counted."""
         msg = err.message
-        if isinstance(msg, Request) and msg.method != "ACK" and msg.has_header("via"):
+        if isinstance(msg, Request) and not _maybe_ack(msg) and msg.has_header("via"):
             self.counters.malformed_answered += 1
             log_event(log, "sip.malformed", logging.DEBUG, source=str(source), reason=err.reason)
             self._answer_stateless(msg, source, err.status if 300 <= err.status <= 699 else 400, err.reason)

@@ -89,6 +89,31 @@ def test_malformed_request_gets_400_with_the_codec_reason():
     assert lab.core.counters.malformed_answered == 1
 
 
+@pytest.mark.parametrize("breakage, reason", [
+    ((b"OPTIONS sip:bob@lab.test SIP/2.0", b"OPTIONSsip:bob@lab.test SIP/2.0"), "malformed Request-Line"),
+    ((b"OPTIONS sip:bob@lab.test SIP/2.0", b"OPT@ONS sip:bob@lab.test SIP/2.0"), "malformed method"),
+    ((b"Max-Forwards:", b"Max\xffForwards:"), "malformed header name"),
+    ((b"Max-Forwards: 70", b"Max-Forwards 70"), "malformed header line"),
+    ((b"Max-Forwards: 70", b"Max-Forwards: 7\n0"), "bare CR or LF"),
+])
+def test_broken_lines_still_get_400_built_from_the_sound_ones(breakage, reason):
+    # What sipsak's randtrash mode sends: one damaged line; the rest is enough to answer it.
+    lab = Lab()
+    bad = lab.alice.request("OPTIONS", "sip:bob@lab.test").to_bytes().replace(*breakage, 1)
+    lab.feed(bad, lab.alice)
+    resp, peer = lab.net.only()
+    assert resp.status == 400 and reason in resp.reason and peer == lab.alice.peer
+    assert resp.call_id and resp.cseq.method == "OPTIONS" and b"\n0" not in resp.to_bytes()
+    assert lab.core.counters.malformed_answered == 1 and lab.core.counters.internal_errors == 0
+
+
+def test_a_broken_ack_is_never_answered():
+    lab = Lab()
+    bad = lab.alice.request("ACK", "sip:bob@lab.test").to_bytes().replace(b"ACK sip:", b"ACKsip:", 1)
+    lab.feed(bad, lab.alice)
+    assert lab.net.take() == [] and lab.core.counters.malformed_dropped == 1
+
+
 def test_unsupported_uri_scheme_keeps_the_codec_status_hint():
     lab = Lab()
     bad = lab.alice.request("INVITE", "sip:bob@lab.test").to_bytes().replace(
