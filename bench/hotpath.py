@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import cProfile
 import gc
+import json
 import pstats
 import re
 import statistics
@@ -66,10 +67,15 @@ def _state_dir() -> str:
     return tempfile.mkdtemp(prefix="meter-hotpath-")
 
 
+LAST: "Harness | None" = None  # the latest harness, for the smoke test to look inside
+
+
 class Harness:
     """One node core with its metering, fed datagrams by hand."""
 
     def __init__(self, mode: str):
+        global LAST
+        LAST = self
         from meter.admin.latency import LatencyHistogram, TimedReceiver
         from meter.metering import Metering
         from meter.sip.clock import LoopClock
@@ -217,7 +223,9 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-gc", action="store_true", help="disable the cyclic garbage collector (to see its share)")
     parser.add_argument("--profile", action="store_true", help="print the top functions of one run per flow")
+    parser.add_argument("--json", action="store_true", help="print {flow: [us per message, ...]} (for bench.run)")
     args = parser.parse_args(argv)
+    results: dict[str, list[float]] = {}
     import uvloop
 
     if args.no_gc:
@@ -232,13 +240,26 @@ def main(argv=None) -> int:
             print(f"== {flow}")
             pstats.Stats(prof).sort_stats("tottime").print_stats(25)
             continue
-        per_msg = []
-        for _ in range(args.repeats):
-            seconds, messages = uvloop.run(measure(flow, args.count))
-            per_msg.append(seconds / messages * 1e6)
+        per_msg = per_message_us(flow, args.count, args.repeats)
+        if args.json:
+            results[flow] = per_msg
+            continue
         print(f"{flow:9s} {statistics.median(per_msg):7.1f} us/message CPU "
               f"(min {min(per_msg):.1f}, max {max(per_msg):.1f}; {args.repeats} runs x {args.count} endpoints)")
+    if args.json:
+        print(json.dumps(results))
     return 0
+
+
+def per_message_us(flow: str, count: int, repeats: int) -> list[float]:
+    """Microseconds of CPU per message of ``flow``, one figure per repeat (a fresh node each)."""
+    import uvloop
+
+    out = []
+    for _ in range(repeats):
+        seconds, messages = uvloop.run(measure(flow, count))
+        out.append(seconds / messages * 1e6)
+    return out
 
 
 if __name__ == "__main__":

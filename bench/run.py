@@ -25,7 +25,7 @@ from pathlib import Path
 from bench import report
 from bench.scenarios import PATHS, SCENARIOS, Context, Plan
 
-DEFAULT_SCENARIOS = ("ceiling", "avalanche", "openloop", "calls", "memory", "ras")
+DEFAULT_SCENARIOS = ("hotpath", "ceiling", "avalanche", "openloop", "calls", "memory", "ras")
 
 
 def _csv(kind):

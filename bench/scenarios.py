@@ -557,7 +557,44 @@ def ras(ctx: Context) -> str:
     )
 
 
+HOTPATH_FLOWS = {
+    "register": "new REGISTER, node standalone (registrar + room/desktop charge)",
+    "refresh": "refresh REGISTER (same Call-ID, CSeq + 1), standalone",
+    "inline": "inline REGISTER: request forwarded + upstream 200 OK relayed (per message)",
+    "call": "call via the node: INVITE, 180, 200, ACK, BYE, 200 (per message)",
+}
+
+
+def hotpath(ctx: Context) -> str:
+    """The node's own CPU per SIP message, no sockets and no peers (``bench/hotpath.py``)."""
+    import json
+    import subprocess
+    import sys
+
+    plan = ctx.plan
+    count = 1000 if plan.repeats == 1 else 5000
+    argv = [sys.executable, "-m", "bench.hotpath", "--json", "--count", str(count),
+            "--repeats", str(max(plan.repeats, 3))]
+    ctx.log("[hotpath] " + " ".join(argv[1:]))
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=1800,
+                          cwd=Path(__file__).resolve().parent.parent)
+    if done.returncode != 0:
+        return f"### Hot path (CPU per message)\n\nnot measured: {done.stderr.strip()[-400:]}\n"
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    rows = [[HOTPATH_FLOWS[flow], stat(us, "{:.1f}"), stat([1e6 / u for u in us])] for flow, us in got.items()]
+    return (
+        "### Hot path (CPU per message, no sockets)\n\n"
+        f"`python -m bench.hotpath`: the real SIP core, metering policy and latency wrapper in one process, fed "
+        f"pre-built datagrams as the UDP endpoint would; what the node sends is kept in a list. Process CPU "
+        f"time per message, {count} endpoints per run, a fresh node per run, {max(plan.repeats, 3)} runs. The "
+        f"load scenarios share 2 cores between generator, node and peers; this is the node's cost alone, and "
+        f"\"messages/s per core\" is the ceiling it sets.\n\n"
+        + table(["flow", "us per message", "messages/s per core"], rows)
+    )
+
+
 SCENARIOS = {
+    "hotpath": hotpath,
     "ceiling": ceiling,
     "avalanche": avalanche,
     "openloop": openloop,

@@ -199,3 +199,29 @@ def test_ras_requests_decode_with_distinct_addresses_and_sequence_numbers():
     arq = ras.decode(rasload.arq_builder([(0, "EP0"), (1, "EP1")])(0, ("127.0.0.1", 40000)))
     assert (arq.short, arq.endpoint_identifier, arq.request_seq_num) == ("ARQ", "EP0", 1)
     assert [a.value for a in arq.destination] == [rasload.alias(1)]
+
+
+@pytest.mark.parametrize("flow, per_endpoint", [("register", 1), ("refresh", 1), ("inline", 2), ("call", 6)])
+def test_hotpath_flows_do_what_they_claim(flow, per_endpoint):
+    # The hot-path figures count messages the node really handled: every one answered or relayed,
+    # nothing refused or dropped, and the metering back to zero after the calls (C2: RMS while up).
+    import asyncio
+
+    from bench import hotpath
+
+    async def run():
+        seconds, messages = await hotpath.measure(flow, 20)
+        return seconds, messages
+
+    seconds, messages = asyncio.run(run())
+    assert messages == 20 * per_endpoint and seconds > 0
+    h = hotpath.LAST
+    counters = h.core.counters
+    assert counters.internal_errors == 0 and counters.malformed_dropped == 0
+    assert counters.retransmissions_absorbed == 0
+    if flow in ("register", "refresh", "inline"):
+        assert len(h.metering.registrations) == 20
+        assert all(data.startswith(b"SIP/2.0 200") for data, _ in h.sent if not data.startswith(b"REGISTER"))
+    if flow == "call":
+        assert h.metering.calls == {} and h.metering.ledger.snapshot(0).licenses["rms"].in_use == 0
+        assert counters.requests_received["BYE"] == 20 and counters.requests_received["INVITE"] == 20
