@@ -502,11 +502,21 @@ class SipCore:
         if req.has_header("route"):
             return uri_peer(parse_name_addr(req.header("route")).uri)
         uri = req.request_uri
-        hit = self.registrar.by_contact(uri, self.clock.time())
+        now = self.clock.time()
+        hit = self.registrar.by_contact(uri, now)
         if hit is not None:
             return self._binding_peer(hit, uri)
-        if self.local.uri(uri):
-            return None  # strict routing (RFC 2543) is not supported; nothing sensible to do
+        local = self.local.uri(uri)
+        if self.mode == "standalone" or local:
+            # RFC 3261 §16.5: an AOR the node registers goes through the location service, as in
+            # _locate; a peer that kept the AOR as remote target (a 2xx without Contact) still
+            # reaches the callee. In-dialog, no forking: the first binding.
+            bindings = self.registrar.lookup(uri.aor, now) if uri.user is not None else []
+            if bindings:
+                req.set_uri(str(bindings[0].uri))  # §16.6 step 2
+                return self._binding_peer(bindings[0], bindings[0].uri)
+        if local:
+            return None  # the node itself (strict routing, RFC 2543, is not supported)
         return uri_peer(uri, hint or "udp")
 
     def _binding_peer(self, b: Binding, uri) -> Peer:

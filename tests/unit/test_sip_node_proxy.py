@@ -212,6 +212,23 @@ def test_call_setup_and_teardown_edits_only_what_a_proxy_must():
     assert lab.core.call_views() == []
 
 
+def test_in_dialog_request_to_a_local_aor_goes_through_the_location_service():
+    # RFC 3261 §16.5: a peer whose remote target stayed the AOR (its 2xx had no Contact) still
+    # reaches the callee; the Request-URI becomes the registered contact (§16.6 step 2).
+    lab = Lab()
+    lab.register(lab.bob)
+    invite, at_bob = setup_call(lab)
+    lab.feed(lab.bob.answer(at_bob, 200, to_tag="bt", body=ANSWER), lab.bob)
+    take_one(lab, lab.alice)
+    bye = lab.alice.request("BYE", "sip:bob@lab.test", to="sip:bob@lab.test", to_tag="bt",
+                            call_id=invite.call_id, cseq=invite.cseq.number + 1, headers=[("Route", RR)])
+    lab.feed(bye, lab.alice)
+    at_bob_bye = take_one(lab, lab.bob)
+    assert at_bob_bye.method == "BYE" and at_bob_bye.uri == "sip:bob@10.0.0.3:5064"
+    lab.feed(make_response(at_bob_bye, 200), lab.bob)
+    assert take_one(lab, lab.alice).status == 200 and lab.core.call_views() == []
+
+
 def test_retransmitted_invite_is_absorbed_and_answered_by_the_transaction():
     lab = Lab()
     lab.register(lab.bob)
