@@ -6,11 +6,11 @@ This is the only place that knows every component; each of them stays testable o
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import signal
 
 from meter import logs
+from meter.collector import FullCollections
 from meter.config import Config
 from meter.logs import log_event
 
@@ -101,16 +101,15 @@ async def serve(config: Config, started: asyncio.Event | None = None) -> None:
         except (NotImplementedError, RuntimeError):  # not the main thread
             pass
     await node.start()
-    # Start-up objects (pycrate's ASN.1 tables, config, catalogs) live as long as the node: move
-    # them out of the collector's generations so GC passes under load only walk per-message garbage.
-    gc.collect()
-    gc.freeze()
+    collections = FullCollections(loop, config.node.gc_full_interval)
+    collections.start()
     if started:
         started.set()
     try:
         await stop.wait()
     finally:
         await node.close()
+        collections.close()
 
 
 def main(config: Config) -> int:

@@ -37,6 +37,14 @@ class NodeSettings:
     """Capacity profile from platforms.toml (rule P3, R6)."""
     state_dir: str = "state"
     """Durable state (option keys, mode, usage history), relative to the working directory."""
+    gc_full_interval: float = 300.0
+    """Seconds between full passes of Python's cyclic garbage collector, which stop the node for
+    tens of milliseconds under load; the node makes no cyclic garbage per message, so they run on
+    this timer rather than Python's own schedule. 0 = Python's own schedule."""
+
+    def __post_init__(self) -> None:
+        if self.gc_full_interval < 0:
+            raise ValueError(f"gc_full_interval: expected 0 or a positive number of seconds, got {self.gc_full_interval}")
 
 
 @dataclass(frozen=True)
