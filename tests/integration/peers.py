@@ -60,6 +60,20 @@ async def async_wait_until(predicate, timeout: float = 5.0, what: str = "conditi
         await asyncio.sleep(0.02)
 
 
+def stop_process(proc: subprocess.Popen | None, timeout: float = 10.0) -> int | None:
+    """SIGTERM, then SIGKILL if it has not exited within ``timeout``; its exit status."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    return proc.returncode
+
+
 def http_get(url: str, timeout: float = 5.0) -> bytes:
     with urllib.request.urlopen(url, timeout=timeout) as reply:
         return reply.read()
@@ -128,16 +142,10 @@ class MeterProcess:
             return "<no log>"
 
     def stop(self) -> int:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        rc = stop_process(self.proc, 15)
         if hasattr(self, "log"):
             self.log.close()
-        return self.proc.returncode if self.proc else 0
+        return rc or 0
 
 
 class PrometheusProcess:
@@ -197,12 +205,7 @@ class PrometheusProcess:
         return expected
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        stop_process(self.proc, 15)
         if hasattr(self, "log"):
             self.log.close()
 

@@ -26,6 +26,7 @@ from meter.licensing import platforms
 from meter.licensing.calls import CallFacts, classify_call
 from meter.licensing.ledger import Ledger
 from meter.licensing.model import License
+from tests.integration.peers import stop_process
 
 pytestmark = pytest.mark.integration
 
@@ -83,13 +84,7 @@ class RedisServer:
             return "(no log)"
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
         if hasattr(self, "_log"):
             self._log.close()
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import need
-from tests.integration.peers import MeterProcess, wait_until
+from tests.integration.peers import MeterProcess, stop_process, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -71,13 +71,7 @@ class Baresip:
         return (self.dir / "baresip.log").read_bytes().decode("utf-8", "replace")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, 5)
         if hasattr(self, "log"):
             self.log.close()
 
