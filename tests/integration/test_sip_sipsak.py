@@ -64,7 +64,10 @@ def test_flood_and_randtrash_do_not_hurt_the_node(node):
     # randtrash stops at the first request it gets no answer to (an unparseable one, or one whose
     # reply it cannot match); run it a few times for a spread of broken messages.
     for _ in range(5):
-        sipsak("-R", "-s", f"sip:127.0.0.1:{node.sip_port}", timeout=60)
+        try:
+            sipsak("-R", "-s", f"sip:127.0.0.1:{node.sip_port}", timeout=30)
+        except subprocess.TimeoutExpired:
+            pass  # still torturing after 30 s: enough of it; what counts is the node afterwards
     stats = node.api("sip")
     assert stats["internal_errors"] == 0, stats
     assert stats["malformed_answered"] > 0, stats  # broken requests got their 400 with a reason
