@@ -26,6 +26,7 @@ class Node:
         self.metering = None
         self.latency = None  # SIP's processing-latency histogram
         self.latency_ras = None  # H.323 RAS's, when h323 is enabled
+        self.collections = None  # the timed full GC passes (meter.collector), once serving
         self.pool_sync = None
         self.ras = None
         self._ticker: asyncio.Task | None = None
@@ -101,7 +102,7 @@ async def serve(config: Config, started: asyncio.Event | None = None) -> None:
         except (NotImplementedError, RuntimeError):  # not the main thread
             pass
     await node.start()
-    collections = FullCollections(loop, config.node.gc_full_interval)
+    collections = node.collections = FullCollections(loop, config.node.gc_full_interval)
     collections.start()
     if started:
         started.set()

@@ -87,6 +87,21 @@ class NodeCollector:
         yield from self._sip_families()
         yield from self._ras_families()
         yield from self._latency_families()
+        yield from self._gc_families()
+
+    def _gc_families(self):
+        collections = getattr(self.node, "collections", None)
+        if collections is None or collections.interval <= 0:
+            return
+        runs = CounterMetricFamily("meter_gc_full_collections", "Timed full passes of the cyclic garbage collector (node.gc_full_interval).")
+        runs.add_metric([], collections.runs)
+        yield runs
+        pause = GaugeMetricFamily("meter_gc_full_pause_seconds", "How long the last timed full garbage collection stopped the node.")
+        pause.add_metric([], collections.last_pause)
+        yield pause
+        found = CounterMetricFamily("meter_gc_unreachable_objects", "Cyclic garbage the timed full passes found (the hot path makes none).")
+        found.add_metric([], collections.collected)
+        yield found
 
     def _cluster_families(self):
         sync = getattr(self.node, "pool_sync", None)

@@ -74,3 +74,30 @@ def test_ras_datagrams_are_timed_under_protocol_h323_next_to_sip():
     # No RAS histogram (h323 disabled): only the sip sample set.
     assert not any(name.startswith("meter_message_processing_seconds") and ("protocol", "h323") in labels
                    for name, labels in scrape(m, sip_latency))
+
+
+def test_timed_full_gc_passes_are_exported():
+    from meter.collector import FullCollections
+
+    m, _, _ = make_metering(room=1, desktop=1, rms=1)
+    node = SimpleNamespace(metering=m, sip=None, ras=None, pool_sync=None, latency=None, latency_ras=None,
+                           collections=None)
+
+    async def two_passes():
+        collections = FullCollections(asyncio.get_running_loop(), 300)
+        collections.start()
+        try:
+            collections.collect()
+            collections.collect()
+        finally:
+            collections.close()
+        return collections
+
+    node.collections = asyncio.run(two_passes())
+    samples = {}
+    for family in text_string_to_metric_families(metrics.render(node).decode()):
+        for sample in family.samples:
+            samples[sample.name] = sample.value
+    assert samples["meter_gc_full_collections_total"] == 2
+    assert 0 < samples["meter_gc_full_pause_seconds"] < 5
+    assert samples["meter_gc_unreachable_objects_total"] >= 0
