@@ -19,7 +19,8 @@ def promtool(*args: str) -> subprocess.CompletedProcess:
 def test_alert_rules_are_valid():
     result = promtool("check", "rules", "alerts.yml")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 5 rules found" in result.stdout
+    rules = (DEPLOY / "alerts.yml").read_text().count("- alert:")
+    assert rules >= 7 and f"SUCCESS: {rules} rules found" in result.stdout  # every rule loaded
 
 
 def test_alert_rules_fire_as_intended():
