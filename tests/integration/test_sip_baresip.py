@@ -153,3 +153,37 @@ def test_a_third_party_softphone_pays_rms_video_whole_audio_half(lab):
     assert _rms(node) == 0.5
     wait_until(lambda: node.api("calls") == [], 20, "the audio call released")
     assert _rms(node) == 0
+
+
+def test_baresip_phones_through_the_node_inline_to_kamailio(kamailio, tmp_path):
+    # The lab set-up: phones register through the node to the lab's registrar (Kamailio), which
+    # lists them (Path: the node); the node learns the bindings from Kamailio's 200 OK and charges
+    # them (R1, R2); a call between them passes the node and is a registered call (C1).
+    node = MeterProcess(tmp_path / "node", sip={"mode": "inline", "upstream": f"127.0.0.1:{kamailio.port}"}).start()
+    phones = []
+    try:
+        bob = Baresip(tmp_path, "bs-inline-bob", node.sip_port).start(40)
+        phones.append(bob)
+        wait_until(lambda: "bs-inline-bob" in " ".join(kamailio.contacts()), 15,
+                   f"bob's binding in Kamailio ({bob.log_text()[-500:]})")
+        wait_until(lambda: [r["alias"] for r in node.api("registrations")] == ["sip:bs-inline-bob@127.0.0.1"], 10,
+                   "the node to learn bob's binding from Kamailio's 200 OK")
+        assert node.api("registrations")[0]["license"] == "room"
+
+        carol = Baresip(tmp_path, "bs-inline-carol", node.sip_port).start(8, "/dial sip:bs-inline-bob@127.0.0.1")
+        phones.append(carol)
+        wait_until(lambda: "bs-inline-carol" in " ".join(kamailio.contacts()), 10, "carol's binding in Kamailio")
+        wait_until(lambda: _the_call(node, "bs-inline-carol") is not None, 15,
+                   f"carol's call confirmed through the node ({carol.log_text()[-800:]})")
+        call = _the_call(node, "bs-inline-carol")
+        assert call["callee"] == "sip:bs-inline-bob@127.0.0.1" and call["units"] == 0 and "C1" in call["rules"]
+        wait_until(lambda: "Call established" in carol.log_text(), 5, "carol to see the call established")
+        wait_until(lambda: node.api("calls") == [], 20, "the call released after carol's BYE")
+        # carol quits: her Expires 0 goes through the node to Kamailio, and her license is released.
+        wait_until(lambda: "bs-inline-carol" not in " ".join(kamailio.contacts()), 10, "carol gone from Kamailio")
+        wait_until(lambda: len(node.api("registrations")) == 1, 10, "carol's license released")
+    finally:
+        for phone in phones:
+            phone.stop()
+        rc = node.stop()
+    assert rc == 0, node.log_tail()
