@@ -179,11 +179,21 @@ def _calls(h: Harness, count: int) -> None:
 
 
 def _cpu(fn) -> float:
+    """CPU seconds of ``fn`` under the node's collector policy (meter.collector): what was built
+    before the load is frozen, and no automatic full pass runs (the node times those)."""
+    from meter.collector import NEVER
+
     gc.collect()
-    gc.freeze()  # as meter.app does after start-up: what was built before the load is not rescanned
-    start = time.process_time()
-    fn()
-    return time.process_time() - start
+    gc.freeze()
+    saved = gc.get_threshold()
+    gc.set_threshold(saved[0], saved[1], NEVER)
+    try:
+        start = time.process_time()
+        fn()
+        return time.process_time() - start
+    finally:
+        gc.set_threshold(*saved)
+        gc.unfreeze()
 
 
 async def measure(flow: str, count: int) -> tuple[float, int]:
