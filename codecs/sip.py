@@ -616,17 +616,21 @@ def _split_lines(head: bytes, limits: Limits) -> tuple[bytes, list[_Line], SIPEr
     lines: list[_Line] = []
     append = lines.append
     cache = _KEY_CACHE
+    dropped = False  # the last header line was left out: so are its continuation lines
     for raw in raw_lines[1:]:
         if bare and (b"\r" in raw or b"\n" in raw):
-            continue  # never copied into an answer: a bare LF there would forge a header
+            dropped = True  # never copied into an answer: a bare LF there would forge a header
+            continue
         c = raw[0]
         if c == 32 or c == 9:  # RFC 3261 §7.3.1 continuation line
-            if not lines:
+            if not lines and not dropped:
                 error = error or SIPError("Bad Request - continuation line before the first header")
-                continue
-            prev = lines[-1]
-            prev.raw = prev.raw + b"\r\n" + raw
+                dropped = True
+            if not dropped:
+                prev = lines[-1]
+                prev.raw = prev.raw + b"\r\n" + raw
             continue
+        dropped = True
         colon = raw.find(b":")
         if colon <= 0:
             error = error or SIPError("Bad Request - malformed header line")
@@ -641,6 +645,7 @@ def _split_lines(head: bytes, limits: Limits) -> tuple[bytes, list[_Line], SIPEr
             key = canonical(bare_name.decode("ascii"))
             if len(cache) < 1024:  # bounded: names are chosen by peers
                 cache[name] = key
+        dropped = False
         append(_Line(key, raw, colon + 1))
     if len(lines) > limits.max_headers:
         raise SIPError("Message Too Large - too many header fields", 513)

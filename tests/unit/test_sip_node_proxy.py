@@ -534,3 +534,15 @@ def test_unreachable_next_hop_counts_as_503_rfc3261_16_9():
     assert final.status == 503 and "unreachable" in final.reason
     assert lab.policy.events("ended") == [("ended", invite.call_id, "unreachable")]
     assert lab.core.call_views() == []
+
+
+def test_a_dropped_header_line_takes_its_continuation_lines_with_it():
+    # RFC 3261 §7.3.1: a continuation belongs to the line above; that line was left out, so is it
+    # (it must not be glued onto the sound header before).
+    lab = Lab()
+    bad = lab.alice.request("OPTIONS", "sip:bob@lab.test").to_bytes().replace(
+        b"Max-Forwards: 70", b"Max Forwards: 70\r\n  still broken", 1)
+    lab.feed(bad, lab.alice)
+    resp, _ = lab.net.only()
+    assert resp.status == 400 and "malformed header name" in resp.reason
+    assert b"still broken" not in resp.to_bytes()
