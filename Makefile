@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 # Debian packages the tests and benchmarks drive as real peers, by the command each provides.
 DEBIAN_TOOLS := kamailio:kamailio sipp:sip-tester redis-server:redis-server prometheus:prometheus \
-                promtool:prometheus tshark:tshark kamcmd:kamailio chromium:chromium sipsak:sipsak baresip:baresip
+                promtool:prometheus tshark:tshark kamcmd:kamailio chromium:chromium sipsak:sipsak baresip:baresip-core
 PYTEST_ARGS ?=
 
 .PHONY: run test bench fuzz deps debian-deps clean

@@ -1,8 +1,8 @@
-"""Real softphones through the node: baresip (Debian `baresip`), over UDP and TCP, registers,
-calls, answers and hangs up through the node standalone, and the node charges what the licensing
-rules say.
+"""Real softphones through the node: baresip (Debian `baresip-core`), over UDP and TCP, registers,
+calls, answers and hangs up through the node, standalone and inline to Kamailio, and the node
+charges what the licensing rules say.
 
-Media is generated (sine/bridge audio, fake video) and flows between the phones directly; the node
+Media is generated (bridged audio, fake video) and flows between the phones directly; the node
 sees signalling only. Each phone runs for a fixed time (`-t`) and hangs up when it quits, which is
 how baresip ends its calls without a console."""
 
