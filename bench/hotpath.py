@@ -179,21 +179,18 @@ def _calls(h: Harness, count: int) -> None:
 
 
 def _cpu(fn) -> float:
-    """CPU seconds of ``fn`` under the node's collector policy (meter.collector): what was built
-    before the load is frozen, and no automatic full pass runs (the node times those)."""
-    from meter.collector import NEVER
+    """CPU seconds of ``fn`` under the node's own collector policy (meter.collector): what was
+    built before the load is frozen, and no automatic full pass runs (the node times those)."""
+    from meter.collector import FullCollections
 
-    gc.collect()
-    gc.freeze()
-    saved = gc.get_threshold()
-    gc.set_threshold(saved[0], saved[1], NEVER)
+    collections = FullCollections(asyncio.get_running_loop(), 3600)  # no timed pass within a run
+    collections.start()
     try:
         start = time.process_time()
         fn()
         return time.process_time() - start
     finally:
-        gc.set_threshold(*saved)
-        gc.unfreeze()
+        collections.close()
 
 
 async def measure(flow: str, count: int) -> tuple[float, int]:

@@ -19,7 +19,7 @@ from meter.logs import log_event
 
 log = logging.getLogger("meter.gc")
 
-NEVER = 2**30  # gen-1 passes before an automatic full collection: never, in practice
+_NEVER = 2**30  # gen-1 passes before an automatic full collection: never, in practice
 
 
 class FullCollections:
@@ -41,7 +41,7 @@ class FullCollections:
         gc.freeze()
         if self.interval > 0:
             young, middle, _ = self._saved
-            gc.set_threshold(young, middle, NEVER)
+            gc.set_threshold(young, middle, _NEVER)
             self._handle = self._loop.call_later(self.interval, self._run)
 
     def _run(self) -> None:

@@ -411,22 +411,17 @@ _START_ACTIONS = {
 
 def build_ack(request: Request, response: Response) -> Request:
     """RFC 3261 §17.1.1.3: the ACK for a non-2xx final response, hop by hop."""
-    headers = [("Via", request.header("via") or "")]
-    routes = request.header_values("route")
-    if routes:
-        headers.append(("Route", ", ".join(routes)))
-    headers += [
-        ("Max-Forwards", "70"),
-        ("From", request.header("from") or ""),
-        ("To", response.header("to") or request.header("to") or ""),
-        ("Call-ID", request.call_id),
-        ("CSeq", f"{request.cseq.number} ACK"),
-    ]
-    return make_request("ACK", request.uri, headers)
+    return _same_hop(request, "ACK", response.header("to") or request.header("to") or "")
 
 
 def build_cancel(request: Request) -> Request:
     """RFC 3261 §9.1: CANCEL with the INVITE's Request-URI, Call-ID, From, To, CSeq number, top Via and Route."""
+    return _same_hop(request, "CANCEL", request.header("to") or "")
+
+
+def _same_hop(request: Request, method: str, to: str) -> Request:
+    """A request that follows ``request`` hop by hop: its top Via, Route set, From, Call-ID and
+    CSeq number, with ``method`` (RFC 3261 §9.1, §17.1.1.3)."""
     headers = [("Via", request.header("via") or "")]
     routes = request.header_values("route")
     if routes:
@@ -434,11 +429,11 @@ def build_cancel(request: Request) -> Request:
     headers += [
         ("Max-Forwards", "70"),
         ("From", request.header("from") or ""),
-        ("To", request.header("to") or ""),
+        ("To", to),
         ("Call-ID", request.call_id),
-        ("CSeq", f"{request.cseq.number} CANCEL"),
+        ("CSeq", f"{request.cseq.number} {method}"),
     ]
-    return make_request("CANCEL", request.uri, headers)
+    return make_request(method, request.uri, headers)
 
 
 # -- the table of live transactions ----------------------------------------------------------------

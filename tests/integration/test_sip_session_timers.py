@@ -10,20 +10,12 @@ import itertools
 import pytest
 
 from tests.integration.conftest import run, running_node
+from tests.integration.peers import async_wait_until as wait_until
 from tests.sipclient import SDP_ANSWER, SDP_OFFER, Recorder, SipUA
 
 pytestmark = pytest.mark.integration
 
 _ids = itertools.count(1)
-
-
-async def wait_until(predicate, timeout: float = 10.0, what: str = "condition"):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def open_uas(node, *specs):
@@ -51,7 +43,7 @@ async def expired_call(node, alice: SipUA, bob: SipUA, policy: Recorder, *, bob_
         bye = await ua.expect(method="BYE", call_id=invite.call_id, timeout=15)
         assert bye.from_.tag == tag and "Session expired" in bye.header("reason") and len(bye.vias) == vias
         ua.reply(bye, 200, record_route=False)
-    await wait_until(lambda: node.calls() == [], what="empty dialog table")
+    await wait_until(lambda: node.calls() == [], 10, what="empty dialog table")
     await asyncio.sleep(0.3)  # the 200s reach the node's BYE transactions, nothing goes further
     assert [m for m in alice.inbox + bob.inbox if m.call_id == invite.call_id and m.cseq.method == "BYE"] == []
     assert policy.events("ended") == [("ended", invite.call_id, "session expired")]
@@ -100,12 +92,12 @@ def test_late_200_after_the_nodes_408_is_forwarded_and_metered_again():
             dialog = alice.dialog_from_response(invite, ok)
             alice.ack_2xx(dialog)
             await bob.expect(method="ACK")
-            await wait_until(lambda: node.calls() and node.calls()[0]["state"] == "confirmed", what="confirmed")
+            await wait_until(lambda: node.calls() and node.calls()[0]["state"] == "confirmed", 10, what="confirmed")
             alice.send(alice.in_dialog(dialog, "BYE"))
             bye = await bob.expect(method="BYE")
             bob.reply(bye, 200, record_route=False)
             assert (await alice.final("BYE")).status == 200
-            await wait_until(lambda: node.calls() == [], what="empty dialog table")
+            await wait_until(lambda: node.calls() == [], 10, what="empty dialog table")
             assert node.stats()["late_answers"] == 1
             alice.close()
             bob.close()
