@@ -246,6 +246,14 @@ class SipUA:
             hs.append(("Route", ", ".join(dialog.route_set)))
         return make_request(method, dialog.remote_target, hs, body, content_type)
 
+    async def hang_up(self, dialog: Dialog, callee: "SipUA") -> None:
+        """BYE along the dialog; ``callee`` answers it 200 and the 200 comes back (RFC 3261 §15.1)."""
+        self.send(self.in_dialog(dialog, "BYE"))
+        at_callee = await callee.expect(method="BYE")
+        callee.reply(at_callee, 200, record_route=False)
+        final = await self.final("BYE")
+        assert final.status == 200, final
+
     def ack_2xx(self, dialog: Dialog) -> Request:
         ack = self.in_dialog(dialog, "ACK", cseq=dialog.invite.cseq.number)
         self.send(ack)

@@ -96,11 +96,7 @@ def test_call_setup_and_teardown_through_node_kamailio_node(kamailio):
             ack = await bob.expect(method="ACK")
             assert ack.call_id == invite.call_id
             await wait_until(lambda: node.calls() and node.calls()[0]["state"] == "confirmed", what="confirmed")
-            bye = alice.in_dialog(dialog, "BYE")
-            alice.send(bye)
-            at_bob_bye = await bob.expect(method="BYE")
-            bob.reply(at_bob_bye, 200, record_route=False)
-            assert (await alice.final("BYE")).status == 200
+            await alice.hang_up(dialog, bob)
             await wait_until(lambda: node.calls() == [], what="empty dialog table")
             for ua in (alice, bob):
                 ua.close()

@@ -83,11 +83,7 @@ def test_call_between_registered_endpoints_udp_to_tcp(loop):
             assert re_ok.cseq.number == reinvite.cseq.number and re_ok.body == SDP_ANSWER
             alice.ack_2xx(dialog_with_cseq(dialog, reinvite))
             await bob.expect(method="ACK")
-            bye = alice.in_dialog(dialog, "BYE")
-            alice.send(bye)
-            at_bob_bye = await bob.expect(method="BYE")
-            bob.reply(at_bob_bye, 200, record_route=False)
-            assert (await alice.final("BYE")).status == 200
+            await alice.hang_up(dialog, bob)
             await wait_until(lambda: node.calls() == [], what="empty dialog table")
             alice.close()
             bob.close()
