@@ -1,10 +1,10 @@
 """Python's cyclic garbage collector, kept off the hot path.
 
-Measured (``bench/hotpath.py``, BENCHMARKS.md): handling a SIP message leaves no cyclic garbage,
-reference counting frees all of it; yet each REGISTER keeps 7 (standalone) to 24 (inline) tracked
-objects alive for its transaction's 32 s (RFC 3261 Timer J). At 3000 REGISTER/s that is over a
-million objects, and every automatic *full* collection walks them all with the event loop stopped:
-50-90 ms, which was the whole p99 at 3000/s. So the young generations stay automatic (they only
+Measured (``python -m bench.hotpath --gc-stats``, BENCHMARKS.md): handling a SIP message leaves
+no cyclic garbage, reference counting frees all of it; yet each message keeps a dozen or more
+tracked objects alive for its transaction's 32 s (RFC 3261 Timer J). At 3000 REGISTER/s that is
+over a million objects, and every automatic *full* collection walks them all with the event loop
+stopped for tens to hundreds of milliseconds: that was the whole p99 at 3000/s. So the young generations stay automatic (they only
 walk what is new, well under a millisecond), and full collections run on a timer instead, timed
 and logged so a slow one or a leak shows.
 """
