@@ -84,3 +84,26 @@ def test_interval_zero_keeps_python_s_own_schedule():
         collections.close()
 
     asyncio.run(scenario())
+
+
+def test_ras_registrations_and_garbage_datagrams_leave_no_cyclic_garbage():
+    # The same assumption for H.225.0 RAS through pycrate: R4 registrations and undecodable bytes.
+    import random
+
+    from tests.rasclient import RecordingPolicy, standalone_net
+
+    net, gk = standalone_net(RecordingPolicy())
+    endpoints = [net.endpoint(6000 + i, [("h323-ID", f"u{i}"), ("dialledDigits", str(1000 + i))]) for i in range(40)]
+    net.register(endpoints[0])  # pycrate's first use builds its tables: not per-message garbage
+    gk.receive(b"\x00" * 5, ("127.0.0.1", 1), 1000.0)
+    noise = random.Random(1)
+    gc.collect()
+    gc.disable()
+    try:
+        for endpoint in endpoints[1:]:
+            assert net.register(endpoint).short == "RCF"
+        for _ in range(100):
+            gk.receive(bytes(noise.getrandbits(8) for _ in range(noise.randint(1, 60))), ("127.0.0.1", 7000), 1000.0)
+        assert gc.collect() == 0
+    finally:
+        gc.enable()
