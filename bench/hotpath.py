@@ -77,7 +77,8 @@ class Harness:
         global LAST
         LAST = self
         from meter.admin.latency import LatencyHistogram, TimedReceiver
-        from meter.metering import Metering
+        from meter.metering.join import Metering
+        from meter.metering.sip import SipMetering
         from meter.sip.clock import LoopClock
         from meter.sip.core import SipCore
         from meter.sip.peer import Peer
@@ -88,7 +89,7 @@ class Harness:
         self.sent: list[tuple[bytes, object]] = []
         upstream = Peer("udp", *UPSTREAM) if mode == "inline" else None
         self.core = SipCore(cfg.sip, clock=LoopClock(asyncio.get_running_loop()), send=self._send,
-                            advertised=Advertised("127.0.0.1", 5060), policy=self.metering.sip_policy(),
+                            advertised=Advertised("127.0.0.1", 5060), policy=SipMetering(self.metering),
                             local_names=["127.0.0.1"], upstream=upstream)
         self.receiver = TimedReceiver(self.core, LatencyHistogram())
         self.Peer = Peer

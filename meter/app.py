@@ -35,7 +35,8 @@ class Node:
         from meter.admin.api import build_router
         from meter.admin.http import AdminServer
         from meter.admin.latency import LatencyHistogram, TimedReceiver
-        from meter.metering import Metering
+        from meter.metering.join import Metering
+        from meter.metering.sip import SipMetering
         from meter.sip.node import SipNode
 
         self.metering = Metering.from_config(self.config)
@@ -46,13 +47,14 @@ class Node:
             self.pool_sync = PoolSync.from_settings(self.metering.ledger.pool, self.config.cluster,
                                                     self.config.node.name)
             await self.pool_sync.start()
-        self.sip = SipNode(self.config.sip, self.metering.sip_policy())
+        self.sip = SipNode(self.config.sip, SipMetering(self.metering))
         await self.sip.start()
         self.metering.attach_sip(self.sip)
         if self.config.h323.enabled:
             from meter.h323.node import RasNode
+            from meter.metering.h323 import RasMetering
 
-            self.ras = RasNode(self.config.h323, self.metering.ras_policy())
+            self.ras = RasNode(self.config.h323, RasMetering(self.metering))
             self.latency_ras = LatencyHistogram()
             self.ras.receiver = TimedReceiver(self.ras, self.latency_ras)
             await self.ras.start()

@@ -21,7 +21,8 @@ from meter.licensing import platforms
 from meter.licensing.devices import DeviceCatalog
 from meter.licensing.ledger import Ledger
 from meter.licensing.model import POOLED, UNIT_SCALE
-from meter.metering import Metering
+from meter.metering.join import Metering
+from meter.metering.sip import SipMetering
 from meter.sip.clock import FakeClock
 from meter.sip.core import SipCore
 from meter.sip.peer import Peer
@@ -186,7 +187,7 @@ class World:
             self.ledger = Ledger(NODE_NAME, "C", platforms.get("large_vm"), mode=self.enforcement, now=now)
             self.ledger.set_licenses(self.licenses, now)
         self.metering = Metering(self.ledger, _CATALOG, _ZONES, role="C", node_name=NODE_NAME, clock=self.clock.time)
-        self.policy = self.metering.sip_policy()
+        self.policy = SipMetering(self.metering)
         self.core = SipCore(self.settings, clock=self.clock, send=self._node_sent, advertised=NODE,
                             policy=self.policy, local_names=["10.0.0.1:5060"])
         self.metering.attach_sip(self)  # SipMetering looks for `.core` (inline mode only)

@@ -78,6 +78,12 @@ class SipNode:
             await self._transports.close()
         log_event(log, "sip.stopped", port=self.port)
 
+    @property
+    def advertised_address(self) -> tuple[str, int]:
+        """Where calls to this node's SIP side go (the host:port it names in Via and Record-Route)."""
+        adv = self.core.advertised
+        return adv.host, adv.port
+
     # -- read-only views for the CLI and the API ----------------------------------------------------------
 
     def bindings(self) -> list[dict]:

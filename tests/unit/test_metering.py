@@ -9,7 +9,8 @@ import pytest
 from meter.licensing import platforms
 from meter.licensing.devices import DeviceCatalog
 from meter.licensing.ledger import Ledger
-from meter.metering import Metering, negotiated_m_lines
+from meter.metering.join import Metering
+from meter.metering.sip import SipMetering, negotiated_m_lines
 from meter.sip.peer import Peer
 from meter.sip.policy import BindingInfo, CallInfo, RegisterInfo
 from meter.zones import ZoneSettings, ZoneTable
@@ -44,7 +45,7 @@ def make_metering(*, rms=10, room=10, desktop=10, cmr=2, enforcement="enforce", 
         ZoneSettings(name="cucm", kind="unified_cm", match=["domain:cucm.lab"], registered=True),
     ])
     m = Metering(ledger, DeviceCatalog.load(), zones, role="C", node_name="m1", sip_mode=mode, clock=clock)
-    return m, m.sip_policy(), clock
+    return m, SipMetering(m), clock
 
 
 def register(policy, user, ua, *, expires=600, mode="standalone"):

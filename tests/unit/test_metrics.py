@@ -9,6 +9,7 @@ from meter.admin import metrics
 from meter.admin.latency import LatencyHistogram, TimedReceiver
 from meter.h323.node import RasNode
 from meter.h323.settings import H323Settings
+from meter.metering.h323 import RasMetering
 from tests.rasclient import RasClient
 from tests.unit.test_metering import ROOM_KIT, DX80, invite, make_metering, register
 
@@ -53,7 +54,7 @@ def test_ras_datagrams_are_timed_under_protocol_h323_next_to_sip():
     sip_latency.observe(0.0003)
 
     async def scenario():
-        ras = RasNode(H323Settings(host="127.0.0.1", ras_port=0), m.ras_policy())
+        ras = RasNode(H323Settings(host="127.0.0.1", ras_port=0), RasMetering(m))
         ras.receiver = TimedReceiver(ras, ras_latency)
         await ras.start()
         client = await RasClient.open(("127.0.0.1", ras.port), [("h323-ID", "room1")])

@@ -13,7 +13,7 @@ from meter.codecs.ras import Alias, TransportAddress
 from meter.h323 import policy as ras
 from meter.licensing.calls import CallFacts
 from meter.licensing.registrations import RegistrationFacts
-from meter.metering import Metering
+from meter.metering.join import Metering, zone_registration
 from meter.zones import LOCAL
 
 # H.225.0 BandWidth is in units of 100 bit/s, both directions together. Up to 1280 (64 kbit/s

@@ -19,15 +19,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
-from meter.codecs import sdp
 from meter.licensing.calls import CallFacts, CallCharge, classify_call
 from meter.licensing.devices import DeviceCatalog
 from meter.licensing.ledger import Decision, Ledger
 from meter.licensing.model import License, Media
 from meter.licensing.registrations import RegistrationFacts, classify_registration
 from meter.logs import log_event
-from meter.sip.policy import ALLOW, CallInfo, RegisterInfo, Verdict
-from meter.zones import LOCAL, ZoneSettings, ZoneTable
+from meter.zones import ZoneSettings, ZoneTable
 
 log = logging.getLogger("meter.metering")
 
@@ -163,14 +161,6 @@ class Metering:
     def attach_sip(self, sip_node) -> None:
         self.sip_node = sip_node
 
-    def sip_policy(self) -> "SipMetering":
-        return SipMetering(self)
-
-    def ras_policy(self):
-        from meter.metering_h323 import RasMetering
-
-        return RasMetering(self)
-
     def sip_aor_for(self, name: str) -> str | None:
         """The SIP AOR registered here under ``name`` ("bob", "bob@lab.test" or "sip:bob@lab.test")."""
         if name.startswith(("sip:", "sips:")):
@@ -300,14 +290,6 @@ class Metering:
             log_event(log, f"{what}.charged", logging.DEBUG, license=str(decision.license),
                       units=decision.units, rules=decision.rules, **facts)
 
-    def verdict(self, decision: Decision) -> Verdict:
-        if decision.ok:
-            return ALLOW
-        text = REFUSAL_REASONS.get(decision.reason, decision.reason)
-        # The SIP node wraps this as `Warning: 399 <its host:port> "<text>"` (RFC 3261 §20.43).
-        warning = f'{text} ({decision.reason}; rules {",".join(decision.rules)})'
-        return Verdict.refuse(decision.status or 503, f"Service Unavailable - {text}", warning)
-
     # ---- views for the API and CLI -----------------------------------------------------
 
     def registration_views(self) -> list[dict]:
@@ -330,111 +312,10 @@ def _device_class(license: str) -> str:
     return {License.ROOM: "room", License.DESKTOP: "desktop"}.get(license, "none")
 
 
-def _zone_registered(zone: ZoneSettings) -> str:
+def zone_registration(zone: ZoneSettings) -> str:
+    """The registered side of a zone (C1, C11): "unified_cm" for Unified CM's registered endpoints,
+    "peer" for another Cisco system's (a cluster peer, an Expressway pair), "" for everything else.
+    The one place that decides it for SIP and H.323 alike."""
     if not zone.registered:
         return ""
     return "unified_cm" if zone.kind == "unified_cm" else "peer"
-
-
-class SipMetering:
-    """The SIP node's policy: registrations per AOR (R9), calls per Call-ID (C1-C11)."""
-
-    def __init__(self, metering: Metering):
-        self.m = metering
-
-    # -- registrations
-    def on_register(self, info: RegisterInfo) -> Verdict:
-        if not info.contacts or info.contacts == ("*",):
-            return ALLOW  # a query (RFC 3261 §10.2.3) or remove-all: nothing to charge
-        if info.expires == 0 and len(info.contacts) == 1:
-            return ALLOW  # removing its one binding never costs anything
-        # Several contacts: `expires` is the first one's, and another may still bind: charge.
-        m = self.m
-        facts = RegistrationFacts(m.role, "sip", "direct", 1, info.user_agent)
-        decision = m.charge_registration("sip", info.aor, facts, m.clock(), reserve=info.mode == "inline")
-        return ALLOW if decision is None else m.verdict(decision)
-
-    def on_bindings(self, aor, bindings, user_agent, source, now) -> None:
-        m = self.m
-        if not bindings:
-            m.release_registration("sip", aor, "unregistered", now)
-            return
-        facts = RegistrationFacts(m.role, "sip", "direct", 1, user_agent)
-        m.charge_registration("sip", aor, facts, now)  # confirms a reservation, or charges learned bindings
-
-    # -- calls
-    def on_invite(self, info: CallInfo) -> Verdict:
-        m = self.m
-        caller_zone, caller_reg = self._caller_side(info)
-        callee_zone, callee_reg, zone = self._callee_side(info)
-        facts = CallFacts(
-            role=m.role, caller_zone=caller_zone, caller_registered=caller_reg, caller_protocol="sip",
-            callee_zone=callee_zone, callee_registered=callee_reg, callee_protocol="sip",
-            transformed=bool(zone and zone.transforms_dialled_string),
-            conductor=zone.conductor if zone else "",
-        )
-        return m.verdict(m.charge_call("sip", info.call_id, info.from_aor, info.to_aor, facts, m.clock()))
-
-    def _caller_side(self, info: CallInfo) -> tuple[str, str]:
-        zone = self.m.zones.for_peer(info.source.host)
-        if zone is not None:
-            return zone.kind, _zone_registered(zone)
-        if ("sip", info.from_aor) in self.m.registrations or ("h323", info.from_aor) in self.m.registrations:
-            return LOCAL, self.m.role
-        if self.m.sip_mode == "inline" and self._from_upstream(info):
-            return LOCAL, self.m.role  # registered on the lab registrar the node fronts
-        return "external", ""
-
-    def _callee_side(self, info: CallInfo) -> tuple[str, str, ZoneSettings | None]:
-        if info.callee_registered:
-            return LOCAL, self.m.role, None
-        zone = self.m.zones.for_uri(info.request_uri, _uri_host(info.request_uri))
-        if zone is not None:
-            return zone.kind, _zone_registered(zone), zone
-        if self.m.sip_mode == "inline":
-            return LOCAL, self.m.role, None  # the lab registrar behind the node places it
-        return "external", "", None
-
-    def _from_upstream(self, info: CallInfo) -> bool:
-        core = getattr(self.m.sip_node, "core", None)
-        return bool(core and core._from_upstream(info.source))
-
-    def route(self, request_uri: str) -> str | None:
-        zone = self.m.zones.for_uri(request_uri, _uri_host(request_uri))
-        return None if zone is None else zone.target
-
-    def on_call_answered(self, call_id, offer_sdp, answer_sdp) -> None:
-        record = self.m.calls.get(("sip", call_id))
-        if record is None:
-            return
-        record.state = "answered"
-        record.m_lines = negotiated_m_lines(offer_sdp, answer_sdp)
-
-    def on_call_confirmed(self, call_id) -> None:
-        self.m.settle_call("sip", call_id, None, self.m.clock())
-
-    def on_call_ended(self, call_id, cause) -> None:
-        self.m.end_call("sip", call_id, cause, self.m.clock())
-
-
-def _uri_host(uri: str) -> str:
-    """The host of a SIP URI, cheaply (no full parse on the hot path): sip:user@HOST:port;params."""
-    rest = uri.partition(":")[2]
-    rest = rest.rpartition("@")[2]
-    host = rest.split(";", 1)[0].split("?", 1)[0]
-    if host.startswith("["):
-        return host[1:host.find("]")]
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-
-
-def negotiated_m_lines(offer: bytes, answer: bytes) -> int | None:
-    """m= lines both sides kept (C5). Late offer (INVITE without SDP): the 2xx carries the offer,
-    and its enabled streams are what the call can have. Unreadable SDP: None (stays video, C6)."""
-    try:
-        if offer and answer:
-            return sdp.negotiated_media_count(offer, answer)
-        if answer:
-            return sum(1 for media in sdp.parse(answer).media if not media.disabled)
-    except sdp.SDPError:
-        return None
-    return None
