@@ -55,38 +55,14 @@ def _short(data: bytes, limit: int = 120) -> str:
 # ---- hypothesis ------------------------------------------------------------------------------------
 
 
-def _strategy(target: Target, seeds: list[bytes]):
+def _strategy(seeds: list[bytes]):
     from hypothesis import strategies as st
 
-    @st.composite
-    def mutated(draw):
-        data = bytearray(draw(st.sampled_from(seeds)))
-        for _ in range(draw(st.integers(1, 12))):
-            op = draw(st.sampled_from(["flip", "insert", "delete", "dup", "splice", "digits"]))
-            if not data:
-                data += draw(st.binary(min_size=1, max_size=8))
-                continue
-            i = draw(st.integers(0, len(data) - 1))
-            if op == "flip":
-                data[i] = draw(st.sampled_from(b" \t\r\n:;,<>\"\\@%=/0123456789[]?&x\x00\x80\xff"))
-            elif op == "insert":
-                data[i:i] = draw(st.binary(min_size=1, max_size=16))
-            elif op == "delete":
-                del data[i: i + draw(st.integers(1, 40))]
-            elif op == "dup":
-                j = draw(st.integers(i, min(len(data), i + 200)))
-                data[j:j] = data[i:j] * draw(st.integers(1, 50))
-            elif op == "splice":
-                other = draw(st.sampled_from(seeds))
-                k = draw(st.integers(0, len(other)))
-                data = data[:i] + other[k:]
-            else:  # big numbers where numbers are: Content-Length, CSeq, Expires, ports
-                data[i:i] = draw(st.sampled_from([b"4294967296", b"99999999999999999999", b"-1", b"0", b"65536"]))
-        return bytes(data)
+    from bench.mutations import mutated
 
     sources = [st.binary(max_size=2048)]
     if seeds:
-        sources.insert(0, mutated())
+        sources.insert(0, mutated(seeds))
     return st.one_of(*sources)
 
 
@@ -120,7 +96,7 @@ def fuzz_hypothesis(target: Target, seconds: float, slow: float, outdir: Path, l
     # A fresh random seed per call; shrinking only when something failed; no example database.
     test = settings(max_examples=500, deadline=None, database=None, derandomize=False,
                     phases=[Phase.generate, Phase.shrink], report_multiple_bugs=False,
-                    suppress_health_check=list(HealthCheck))(given(_strategy(target, seeds))(check))
+                    suppress_health_check=list(HealthCheck))(given(_strategy(seeds))(check))
     end = time.monotonic() + seconds
     started = time.monotonic()
     batch = 0

@@ -77,7 +77,7 @@ class Harness:
         global LAST
         LAST = self
         from meter.admin.latency import LatencyHistogram, TimedReceiver
-        from meter.metering.join import Metering
+        from meter.app import build_metering
         from meter.metering.sip import SipMetering
         from meter.sip.clock import LoopClock
         from meter.sip.core import SipCore
@@ -85,11 +85,11 @@ class Harness:
         from meter.sip.routing import Advertised
 
         cfg = _config(mode)
-        self.metering = Metering.from_config(cfg)
+        self.metering = build_metering(cfg, time.time())
         self.sent: list[tuple[bytes, object]] = []
         upstream = Peer("udp", *UPSTREAM) if mode == "inline" else None
         self.core = SipCore(cfg.sip, clock=LoopClock(asyncio.get_running_loop()), send=self._send,
-                            advertised=Advertised("127.0.0.1", 5060), policy=SipMetering(self.metering),
+                            advertised=Advertised("127.0.0.1", 5060), hooks=SipMetering(self.metering, inline=mode == "inline"),
                             local_names=["127.0.0.1"], upstream=upstream)
         self.receiver = TimedReceiver(self.core, LatencyHistogram())
         self.Peer = Peer
@@ -180,9 +180,9 @@ def _calls(h: Harness, count: int) -> None:
 
 
 def _cpu(fn) -> float:
-    """CPU seconds of ``fn`` under the node's own collector policy (meter.collector): what was
+    """CPU seconds of ``fn`` under the node's own collector policy (meter.gc_timer): what was
     built before the load is frozen, and no automatic full pass runs (the node times those)."""
-    from meter.collector import FullCollections
+    from meter.gc_timer import FullCollections
 
     collections = FullCollections(asyncio.get_running_loop(), 3600)  # no timed pass within a run
     collections.start()

@@ -586,7 +586,7 @@ def hotpath(ctx: Context) -> str:
         "### Hot path (CPU per message, no sockets)\n\n"
         f"`python -m bench.hotpath`: the real SIP core, metering policy and latency wrapper in one process, fed "
         f"pre-built datagrams as the UDP endpoint would; what the node sends is kept in a list; the garbage "
-        f"collector under the node's policy (meter.collector: no automatic full passes). Process CPU "
+        f"collector under the node's policy (meter.gc_timer: no automatic full passes). Process CPU "
         f"time per message, {count} endpoints per run, a fresh node per run, {max(plan.repeats, 3)} runs. The "
         f"load scenarios share 2 cores between generator, node and peers; this is the node's cost alone, and "
         f"\"messages/s per core\" is the ceiling it sets.\n\n"

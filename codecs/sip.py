@@ -752,7 +752,7 @@ def parse(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Request | Response:
         raise
     finally:
         # The error held in a local would tie itself to this frame through its traceback: a cycle
-        # only the cyclic collector could free (meter.collector keeps that off the hot path).
+        # only the cyclic collector could free (meter.gc_timer keeps that off the hot path).
         error = line_error = None
     msg._data = data
     return msg

@@ -8,10 +8,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 
 from meter import logs
-from meter.collector import FullCollections
 from meter.config import Config
+from meter.gc_timer import FullCollections
 from meter.logs import log_event
 
 log = logging.getLogger("meter.node")
@@ -26,7 +27,7 @@ class Node:
         self.metering = None
         self.latency = None  # SIP's processing-latency histogram
         self.latency_ras = None  # H.323 RAS's, when h323 is enabled
-        self.collections = None  # the timed full GC passes (meter.collector), once serving
+        self.collections = None  # the timed full GC passes (meter.gc_timer), once serving
         self.pool_sync = None
         self.ras = None
         self._ticker: asyncio.Task | None = None
@@ -35,11 +36,10 @@ class Node:
         from meter.admin.api import build_router
         from meter.admin.http import AdminServer
         from meter.admin.latency import LatencyHistogram, TimedReceiver
-        from meter.metering.join import Metering
         from meter.metering.sip import SipMetering
         from meter.sip.node import SipNode
 
-        self.metering = Metering.from_config(self.config)
+        self.metering = build_metering(self.config, time.time())
         if self.config.cluster.store == "redis":
             from meter.cluster.sync import PoolSync
 
@@ -47,20 +47,25 @@ class Node:
             self.pool_sync = PoolSync.from_settings(self.metering.ledger.pool, self.config.cluster,
                                                     self.config.node.name)
             await self.pool_sync.start()
-        self.sip = SipNode(self.config.sip, SipMetering(self.metering))
+        self.latency = LatencyHistogram()
+        latency = self.latency
+        self.sip = SipNode(self.config.sip, SipMetering(self.metering, inline=self.config.sip.mode == "inline"),
+                           wrap_receiver=lambda core: TimedReceiver(core, latency))
         await self.sip.start()
-        self.metering.attach_sip(self.sip)
         if self.config.h323.enabled:
             from meter.h323.node import RasNode
             from meter.metering.h323 import RasMetering
 
-            self.ras = RasNode(self.config.h323, RasMetering(self.metering))
-            self.latency_ras = LatencyHistogram()
-            self.ras.receiver = TimedReceiver(self.ras, self.latency_ras)
+            metering, sip = self.metering, self.sip
+
+            def locate_sip(alias_value: str) -> tuple[str, int] | None:
+                # C9: an H.323 call to an alias registered here over SIP goes to this node's SIP side.
+                return None if metering.sip_aor_for(alias_value) is None else sip.advertised_address
+
+            self.latency_ras = latency_ras = LatencyHistogram()
+            self.ras = RasNode(self.config.h323, RasMetering(self.metering), sip_locator=locate_sip,
+                               wrap_receiver=lambda node: TimedReceiver(node, latency_ras))
             await self.ras.start()
-        self.latency = LatencyHistogram()
-        transports = self.sip._transports
-        transports.receiver = TimedReceiver(transports.receiver, self.latency)
         self._ticker = asyncio.get_running_loop().create_task(self._tick())
         if self.config.admin.enabled:
             self.admin = AdminServer(build_router(self), self.config.admin.host, self.config.admin.port)
@@ -92,6 +97,34 @@ class Node:
         if self.pool_sync:  # after the releases, so the last publish shows this node's usage at zero
             await self.pool_sync.close()
         log_event(log, "node.stopped")
+
+
+def build_metering(config: Config, now: float):
+    """The node's licensing, composed in one place: its durable state, the pool store `[cluster]`
+    chooses (memory, or Redis shared with the peers), the ledger over both, and the metering join."""
+    from meter import catalogs
+    from meter.licensing.ledger import Ledger
+    from meter.metering.join import Metering
+    from meter.store.node_licensing import NodeLicensing
+    from meter.zones import ZoneTable
+
+    node, cluster = config.node, config.cluster
+    licensing = NodeLicensing.open(node.state_dir, product=node.product)
+    licensing.node_started(now)  # K3: restart-pending keys take effect now
+    if cluster.store == "redis":  # Node.start's PoolSync keeps it current
+        from meter.cluster.redis_pool import RedisPool
+
+        pool = RedisPool(peer_timeout=cluster.peer_timeout)
+    else:
+        from meter.licensing.pool import MemoryPool
+
+        pool = MemoryPool(peer_timeout=cluster.peer_timeout)
+    ledger = Ledger(node.name, node.role, catalogs.platform(node.platform), pool=pool,
+                    enforcement=config.licensing.enforcement, alarms=licensing.alarms, now=now)
+    metering = Metering(ledger, catalogs.device_catalog(), ZoneTable(config.zones), role=node.role,
+                        node_name=node.name, sip_mode=config.sip.mode, licensing=licensing)
+    metering.refresh_licenses(now)
+    return metering
 
 
 async def serve(config: Config, started: asyncio.Event | None = None) -> None:

@@ -24,20 +24,17 @@ def build_parser() -> argparse.ArgumentParser:
     default = sub.add_parser("default-config", help="print the embedded default config (a commented starting point)")
     default.set_defaults(func=lambda args: print(_embedded(), end="") or 0)
 
-    _add_optional_commands(sub)
+    _add_admin_commands(sub)
     return parser
 
 
-def _add_optional_commands(sub) -> None:
-    # Each component registers its own commands; the node keeps working if one is absent.
-    from meter.licensing.cli import add_commands as add_licensing_commands
+def _add_admin_commands(sub) -> None:
+    # Each command family registers its own: licensing state on disk, and listings from the running node.
+    from meter.admin.cli import add_commands as add_listing_commands
+    from meter.admin.licensing_cli import add_commands as add_licensing_commands
 
     add_licensing_commands(sub)
-    try:
-        from meter.admin.cli import add_commands as add_admin_commands
-    except ImportError:
-        return
-    add_admin_commands(sub)
+    add_listing_commands(sub)
 
 
 def _embedded() -> str:

@@ -17,8 +17,7 @@ import itertools
 from dataclasses import dataclass, field
 
 from meter.codecs.sip import Request, Response, make_request, make_response, parse
-from meter.licensing import platforms
-from meter.licensing.devices import DeviceCatalog
+from meter import catalogs
 from meter.licensing.ledger import Ledger
 from meter.licensing.model import POOLED, UNIT_SCALE
 from meter.metering.join import Metering
@@ -68,7 +67,7 @@ MEDIA = {
     "late_audio": (b"", AUDIO_OFFER, AUDIO_ANSWER),
 }
 
-_CATALOG = DeviceCatalog.load()
+_CATALOG = catalogs.device_catalog()
 _ZONES = ZoneTable([ITSP_ZONE])
 
 
@@ -184,13 +183,12 @@ class World:
         ``fresh_ledger=False`` keeps the old ledger (and its pool) to show it is left empty."""
         now = self.clock.time()
         if fresh_ledger or self.ledger is None:
-            self.ledger = Ledger(NODE_NAME, "C", platforms.get("large_vm"), mode=self.enforcement, now=now)
+            self.ledger = Ledger(NODE_NAME, "C", catalogs.platform("large_vm"), enforcement=self.enforcement, now=now)
             self.ledger.set_licenses(self.licenses, now)
         self.metering = Metering(self.ledger, _CATALOG, _ZONES, role="C", node_name=NODE_NAME, clock=self.clock.time)
-        self.policy = SipMetering(self.metering)
+        self.policy = SipMetering(self.metering, inline=self.settings.mode == "inline")
         self.core = SipCore(self.settings, clock=self.clock, send=self._node_sent, advertised=NODE,
-                            policy=self.policy, local_names=["10.0.0.1:5060"])
-        self.metering.attach_sip(self)  # SipMetering looks for `.core` (inline mode only)
+                            hooks=self.policy, local_names=["10.0.0.1:5060"])
         self.core.start()
         self.boots += 1
 
@@ -233,9 +231,9 @@ class World:
         if self.metering.calls or self.metering.registrations:
             problems.append(f"metering records left: calls {sorted(self.metering.calls)}, "
                             f"registrations {sorted(self.metering.registrations)}")
-        if len(self.core.dialogs) or len(self.core.registrar):
+        if len(self.core.dialogs) or len(self.core.location):
             problems.append(f"node tables left: calls {[c.call_id for c in self.core.dialogs]}, "
-                            f"bindings {[b.aor for b in self.core.registrar.bindings()]}")
+                            f"bindings {[b.aor for b in self.core.location.bindings()]}")
         txns = self.core.txns
         if txns.servers or txns.clients:
             problems.append(f"transactions left: {list(txns.servers.values()) + list(txns.clients.values())}")
@@ -296,7 +294,7 @@ class World:
         metered_calls = {cid for (_, cid) in m.calls}
         if node_calls != metered_calls:
             problems.append(f"calls on the node {sorted(node_calls)} != calls metered {sorted(metered_calls)}")
-        node_aors = {b.aor for b in self.core.registrar.bindings()}
+        node_aors = {b.aor for b in self.core.location.bindings()}
         metered_aors = {alias for (_, alias) in m.registrations}
         if node_aors != metered_aors:
             problems.append(f"aliases bound on the node {sorted(node_aors)} != aliases metered {sorted(metered_aors)}")
@@ -307,8 +305,8 @@ class World:
                 if ledger.in_use(lic) > cap:
                     problems.append(f"enforce: {lic} in use {ledger.in_use(lic)} > capacity {cap}")
         c = self.core.counters
-        if c.internal_errors or c.policy_errors or self.core.txns.errors:
-            problems.append(f"node errors: internal {c.internal_errors}, policy {c.policy_errors}, "
+        if c.internal_errors or c.hook_errors or self.core.txns.errors:
+            problems.append(f"node errors: internal {c.internal_errors}, policy {c.hook_errors}, "
                             f"timers {self.core.txns.errors}")
         return problems
 

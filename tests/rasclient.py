@@ -359,29 +359,29 @@ def _short(data: bytes) -> str:
         return "malformed"
 
 
-class RecordingPolicy:
-    """A RasPolicy that records every hook call and checks the contract as it goes (meter.h323.policy):
+class RecordingHooks:
+    """RasHooks that record every hook call and check the contract as they go (meter.h323.hooks):
     an alias is unregistered only while registered, a call ends only once and only when it was charged.
 
     ``refuse_aliases``: on_register refuses an RRQ holding any of these alias values;
-    ``max_calls``: on_admission refuses a first ARQ beyond that many charged, unended calls;
-    ``sip``: alias value -> address, what locate_sip answers.
+    ``max_calls``: on_admission refuses a first ARQ beyond that many charged, unended calls.
     """
 
-    def __init__(self, *, refuse_aliases=(), max_calls: int | None = None, sip=None) -> None:
-        from meter.h323.policy import ALLOW, Verdict  # imported late: the module is the thing under test
+    def __init__(self, *, refuse_aliases=(), max_calls: int | None = None) -> None:
+        from meter.h323.hooks import ALLOW, Verdict  # imported late: the module is the thing under test
+        from meter.h323.registrations import alias_key
 
-        self._allow, self._verdict = ALLOW, Verdict
+        self._allow, self._verdict, self._alias_key = ALLOW, Verdict, alias_key
         self.refuse_aliases = set(refuse_aliases)
         self.max_calls = max_calls
-        self.sip = dict(sip or {})
         self.events: list[tuple] = []
-        self.held: set[tuple[str, str]] = set()  # (endpoint_id, alias value)
+        self.held: set[tuple[str, tuple[str, str]]] = set()  # (endpoint_id, alias_key): the contract's alias identity
         self.charged: dict[str, int] = {}  # call key -> times charged (first_for_call allowed)
         self.ended: dict[str, str] = {}  # call key -> cause
         self.admissions: list = []
 
-    def hooks(self) -> list[str]:
+    def called(self) -> list[str]:
+        """The names of the hooks called, in order."""
         return [e[0] for e in self.events]
 
     @property
@@ -399,13 +399,14 @@ class RecordingPolicy:
 
     def on_registered(self, endpoint_id, aliases, vendor, source, now):
         self.events.append(("on_registered", endpoint_id, aliases, vendor, source, now))
-        self.held.update((endpoint_id, a.value) for a in aliases)
+        self.held.update((endpoint_id, self._alias_key(a)) for a in aliases)
 
     def on_unregistered(self, endpoint_id, aliases, cause):
         self.events.append(("on_unregistered", endpoint_id, aliases, cause))
         for a in aliases:
-            assert (endpoint_id, a.value) in self.held, f"{a.value} of {endpoint_id} unregistered twice or never registered"
-            self.held.discard((endpoint_id, a.value))
+            held = (endpoint_id, self._alias_key(a))
+            assert held in self.held, f"{a.value} of {endpoint_id} unregistered twice or never registered"
+            self.held.discard(held)
 
     def on_admission(self, info):
         self.events.append(("on_admission", info))
@@ -424,10 +425,6 @@ class RecordingPolicy:
         assert call_key not in self.ended, f"call {call_key} ended twice ({self.ended.get(call_key)}, {cause})"
         self.ended[call_key] = cause
 
-    def locate_sip(self, alias):
-        self.events.append(("locate_sip", alias))
-        return self.sip.get(alias.value)
-
 
 GK = TransportAddress("127.0.0.1", 1719)
 UPSTREAM = TransportAddress("127.0.0.1", 1819)
@@ -439,17 +436,19 @@ def ids():
     return lambda: f"ep{next(counter)}"
 
 
-def standalone_net(policy=None, *, now: float = 1000.0, **settings):
-    """A Net holding one standalone Gatekeeper at GK (fast test timers unless told otherwise)."""
-    from meter.h323.gatekeeper import Gatekeeper
+def standalone_net(hooks=None, *, sip_locator=None, now: float = 1000.0, **settings):
+    """A Net holding one standalone Gatekeeper at GK (fast test timers unless told otherwise);
+    ``sip_locator`` as the node's (None: no alias is registered over SIP)."""
+    from meter.h323.gatekeeper import Gatekeeper, no_sip
     from meter.h323.settings import H323Settings
 
     net = Net(now)
-    gk = net.core(Gatekeeper(H323Settings(**settings), policy, ras_address=GK, new_endpoint_id=ids()))
+    gk = net.core(Gatekeeper(H323Settings(**settings), hooks, ras_address=GK, sip_locator=sip_locator or no_sip,
+                             new_endpoint_id=ids()))
     return net, gk
 
 
-def inline_net(policy=None, upstream_policy=None, *, now: float = 1000.0, upstream_settings=None, **settings):
+def inline_net(hooks=None, upstream_hooks=None, *, now: float = 1000.0, upstream_settings=None, **settings):
     """A Net holding an InlineGatekeeper at GK forwarding to a standalone Gatekeeper at UPSTREAM."""
     from meter.h323.gatekeeper import Gatekeeper
     from meter.h323.inline import InlineGatekeeper
@@ -457,7 +456,7 @@ def inline_net(policy=None, upstream_policy=None, *, now: float = 1000.0, upstre
 
     net = Net(now)
     node = net.core(InlineGatekeeper(H323Settings(mode="inline", upstream=f"{UPSTREAM.ip}:{UPSTREAM.port}", **settings),
-                                     policy, ras_address=GK, upstream=UPSTREAM))
+                                     hooks, ras_address=GK, upstream=UPSTREAM))
     upstream = net.core(Gatekeeper(H323Settings(gatekeeper_id="upstream-gk", **(upstream_settings or {})),
-                                   upstream_policy, ras_address=UPSTREAM, new_endpoint_id=ids()))
+                                   upstream_hooks, ras_address=UPSTREAM, new_endpoint_id=ids()))
     return net, node, upstream

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from meter.codecs.sip import (
     Request, Response, SIPError, StreamReader, make_request, make_response, new_branch, new_tag, parse,
 )
-from meter.sip.policy import ALLOW, Verdict
+from meter.sip.hooks import ALLOW, Verdict
 
 SDP_OFFER = (
     b"v=0\r\no=alice 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
@@ -380,7 +380,7 @@ class Phone:
 
 
 class Recorder:
-    """A policy that records every hook call and can refuse or fail on demand."""
+    """Metering hooks (``meter.sip.hooks.SipHooks``) that record every call and can refuse or fail on demand."""
 
     def __init__(self, invite: Verdict = ALLOW, register: Verdict = ALLOW, explode: str = "") -> None:
         self.log: list[tuple] = []
@@ -388,12 +388,15 @@ class Recorder:
 
     def _maybe_explode(self, name):
         if self._explode == name:
-            raise RuntimeError("policy bug")
+            raise RuntimeError("hook bug")
 
     def on_register(self, info):
         self._maybe_explode("on_register")
         self.log.append(("register", info.aor, info.expires))
         return self._register
+
+    def on_register_failed(self, aor, call_id, cause):
+        self.log.append(("register_failed", aor, cause))
 
     def on_bindings(self, aor, bindings, user_agent, source, now):
         self.log.append(("bindings", aor, tuple(b.contact for b in bindings)))
@@ -453,7 +456,7 @@ class CoreLab:
             kw["upstream"] = "10.0.0.50:5060"
         kw.update(overrides)
         self.core = SipCore(SipSettings(**kw), clock=self.clock, send=self.net.send,
-                            advertised=Advertised(LAB_NODE_HOST, LAB_NODE_PORT), policy=self.policy,
+                            advertised=Advertised(LAB_NODE_HOST, LAB_NODE_PORT), hooks=self.policy,
                             local_names=[f"{LAB_NODE_HOST}:{LAB_NODE_PORT}"],
                             upstream=self.upstream if mode == "inline" else None)
         self.core.start()

@@ -68,7 +68,7 @@ class NodeCollector:
         yield regs
 
         refusals = CounterMetricFamily("meter_refusals", "Charges that did not fit: refused (enforce) or let through and counted (observe).", labels=["license", "reason", "enforcement"])
-        for (lic, reason, enforcement), count in sorted(metering.refusals.counts.items()):
+        for (lic, reason, enforcement), count in sorted(metering.ledger.refusals.items()):
             refusals.add_metric([lic, reason, enforcement], count)
         yield refusals
 
@@ -80,7 +80,7 @@ class NodeCollector:
         yield alarms
 
         info = GaugeMetricFamily("meter_node_info", "Static facts about this node.", labels=["node", "role", "enforcement", "sip_mode"])
-        info.add_metric([name, snap.role, snap.mode, metering.sip_mode], 1)
+        info.add_metric([name, snap.role, snap.enforcement, metering.sip_mode], 1)
         yield info
 
         yield from self._cluster_families()

@@ -5,7 +5,8 @@ this object exactly as it calls ``MemoryPool`` (synchronous dict work, O(peers))
 never waits for the network. Only the asyncio adapter (``meter.cluster.sync.PoolSync``) talks to
 Redis: at every sync it takes this node's record (``local_record``), publishes it, reads the other
 peers' records and hands them back (``apply_remote``). Everything here is pure: a record is the
-field -> string mapping of one Redis hash, so tests drive the cache with plain dicts.
+pool's own ``PeerRecord`` (``meter.licensing.pool``), encoded as the field -> string mapping of one
+Redis hash, so tests drive the cache with plain dicts.
 
 One hash per peer, key ``<cluster>:peer:<node>``, written whole by that peer only:
 
@@ -27,9 +28,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import replace
 
-from meter.cluster.pool import GRACE_SECONDS, PEER_TIMEOUT_SECONDS, MemoryPool, PeerView, _Peer
+from meter.licensing.pool import GRACE_SECONDS, PEER_TIMEOUT_SECONDS, MemoryPool, PeerRecord, PeerView
 
 RECORD_VERSION = "1"
 _LIC, _USE = "lic.", "use."
@@ -47,24 +48,12 @@ class RecordError(ValueError):
         self.reason = reason
 
 
-@dataclass(frozen=True, slots=True)
-class PeerRecord:
-    """One peer's published state, as stored in its Redis hash."""
-
-    name: str
-    last_seen: float
-    call_capacity: int = 0
-    calls_load: float = 0.0
-    contributed: dict[str, int] = field(default_factory=dict)
-    usage: dict[str, int] = field(default_factory=dict)
-    instance: str = ""
-
-
-def encode_record(record: PeerRecord) -> dict[str, str]:
-    """The Redis hash fields of ``record``; ``repr`` keeps floats exact through the round trip."""
+def encode_record(record: PeerRecord, instance: str = "") -> dict[str, str]:
+    """The Redis hash fields of ``record`` written by process ``instance``; ``repr`` keeps floats
+    exact through the round trip."""
     fields = {
         "v": RECORD_VERSION,
-        "instance": record.instance,
+        "instance": instance,
         "last_seen": repr(float(record.last_seen)),
         "call_capacity": str(int(record.call_capacity)),
         "calls_load": repr(float(record.calls_load)),
@@ -78,7 +67,8 @@ def encode_record(record: PeerRecord) -> dict[str, str]:
 
 def decode_record(name: str, fields: Mapping[str, str]) -> PeerRecord:
     """A ``PeerRecord`` from a Redis hash, or ``RecordError``. Unknown fields are ignored (a newer
-    writer may add some); a different ``v`` is refused rather than misread."""
+    writer may add some); a different ``v`` is refused rather than misread. ``instance`` is not
+    part of the record: ``PoolSync`` reads it from the hash to tell two writers of one name apart."""
     version = fields.get("v")
     if version != RECORD_VERSION:
         raise RecordError(name, f"record version {version!r}, this node reads {RECORD_VERSION!r}")
@@ -97,7 +87,6 @@ def decode_record(name: str, fields: Mapping[str, str]) -> PeerRecord:
         calls_load=_number(name, "calls_load", fields.get("calls_load", "0")),
         contributed={k: v for k, v in contributed.items() if v > 0},
         usage=usage,
-        instance=str(fields.get("instance", "")),
     )
 
 
@@ -134,13 +123,10 @@ class RedisPool(MemoryPool):
         super().__init__(grace=grace, peer_timeout=peer_timeout)
         self._unstored: set[str] = set()  # cached peers that had no record in the last read
 
-    def local_record(self, me: str, instance: str = "") -> PeerRecord | None:
-        """This node's record to publish; None before its ledger has joined the pool."""
+    def local_record(self, me: str) -> PeerRecord | None:
+        """A copy of this node's record to publish; None before its ledger has joined the pool."""
         state = self._peers.get(me)
-        if state is None:
-            return None
-        return PeerRecord(me, state.last_seen, state.call_capacity, state.calls_load,
-                          dict(state.contributed), dict(state.usage), instance)
+        return None if state is None else _detached(state)
 
     def apply_remote(self, me: str, records: Iterable[PeerRecord], *, unreadable: Iterable[str] = ()) -> None:
         """Replace the cached state of every other peer by what the store holds now.
@@ -153,9 +139,7 @@ class RedisPool(MemoryPool):
             if record.name == me:
                 continue
             seen.add(record.name)
-            self._peers[record.name] = _Peer(
-                name=record.name, last_seen=record.last_seen, call_capacity=record.call_capacity,
-                calls_load=record.calls_load, contributed=dict(record.contributed), usage=dict(record.usage))
+            self._peers[record.name] = _detached(record)
         self._unstored = set(self._peers) - seen
 
     def peers(self, now: float) -> list[PeerView]:
@@ -164,3 +148,8 @@ class RedisPool(MemoryPool):
             del self._peers[name]
             self._unstored.discard(name)
         return super().peers(now)
+
+
+def _detached(record: PeerRecord) -> PeerRecord:
+    """A copy of ``record`` that shares no dict with it: the cache and what is published never alias."""
+    return replace(record, contributed=dict(record.contributed), usage=dict(record.usage))

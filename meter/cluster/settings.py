@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit
 
-from meter.cluster.pool import GRACE_SECONDS, PEER_TIMEOUT_SECONDS
+from meter.licensing.pool import GRACE_SECONDS, PEER_TIMEOUT_SECONDS
 
 # Faster than this, a sync's two Redis round trips compete with signalling for the event loop
 # while the heartbeat they carry only changes at the node's 1 s tick (meter.app.TICK_SECONDS).

@@ -168,11 +168,11 @@ class PoolSync:
         if self._client is None:  # created on first use: connecting waits for nothing until a command
             self._client = _connect(self.redis_url, self.node)
         client = self._client
-        record = self.pool.local_record(self.node, self.instance)
+        record = self.pool.local_record(self.node)
         pipe = client.pipeline(transaction=True)
         if record is not None:
             pipe.delete(self._key)
-            pipe.hset(self._key, mapping=encode_record(record))
+            pipe.hset(self._key, mapping=encode_record(record, self.instance))
             pipe.expire(self._key, self.key_ttl)
             pipe.sadd(self._index, self.node)
             pipe.expire(self._index, self.key_ttl)

@@ -1,7 +1,8 @@
-"""The gatekeeper's call table: one record per call, keyed by its callIdentifier GUID, O(1) by endpoint too.
+"""The gatekeeper's call table: one row per call, keyed by its callIdentifier GUID, O(1) by endpoint too.
 
 One call is what both parties' ARQs name with the same callIdentifier (the caller's ARQ and the
-callee's ARQ with answerCall TRUE): each admitted ARQ is a *leg* of the one record.
+callee's ARQ with answerCall TRUE): each admitted ARQ is a *leg* of the one :class:`RasCall`.
+(What a call costs is the metering join's ``meter.metering.join.CallRecord``, keyed by the same GUID.)
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from meter.codecs.ras import ZERO_GUID, TransportAddress, guid_str
-from meter.h323.policy import Party
+from meter.h323.hooks import Party
 
 
 def call_key(call_identifier: bytes | None, conference_id: bytes | None) -> bytes | None:
@@ -39,7 +40,9 @@ class Leg:
 
 
 @dataclass(slots=True, eq=False)
-class CallRecord:
+class RasCall:
+    """A row of the gatekeeper's call table: the parties as the first ARQ named them, and its legs."""
+
     key: bytes
     call_identifier: bytes  # as the ARQ sent it (the zero GUID from a v1 endpoint)
     conference_id: bytes
@@ -53,35 +56,35 @@ class CallRecord:
 
     @property
     def call_key(self) -> str:
-        """The key the policy sees."""
+        """The key the hooks see."""
         return guid_str(self.key)
 
 
 class CallTable:
     def __init__(self) -> None:
-        self.by_key: dict[bytes, CallRecord] = {}
+        self.by_key: dict[bytes, RasCall] = {}
         self.by_endpoint: dict[str, set[bytes]] = {}
 
     def __len__(self) -> int:
         return len(self.by_key)
 
-    def __iter__(self) -> Iterator[CallRecord]:
+    def __iter__(self) -> Iterator[RasCall]:
         return iter(list(self.by_key.values()))
 
-    def get(self, key: bytes | None) -> CallRecord | None:
+    def get(self, key: bytes | None) -> RasCall | None:
         return None if key is None else self.by_key.get(key)
 
-    def add(self, call: CallRecord) -> None:
+    def add(self, call: RasCall) -> None:
         self.by_key[call.key] = call
 
-    def add_leg(self, call: CallRecord, leg: Leg) -> None:
+    def add_leg(self, call: RasCall, leg: Leg) -> None:
         call.legs[(leg.endpoint_id, leg.answer_call)] = leg
         self.by_endpoint.setdefault(leg.endpoint_id, set()).add(call.key)
 
-    def of_endpoint(self, endpoint_id: str) -> list[CallRecord]:
+    def of_endpoint(self, endpoint_id: str) -> list[RasCall]:
         return [self.by_key[k] for k in self.by_endpoint.get(endpoint_id, ()) if k in self.by_key]
 
-    def remove(self, key: bytes) -> CallRecord | None:
+    def remove(self, key: bytes) -> RasCall | None:
         call = self.by_key.pop(key, None)
         if call is not None:
             for endpoint_id, _ in call.legs:

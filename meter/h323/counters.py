@@ -26,7 +26,7 @@ class RasCounters:
     relayed: int = 0  # inline: upstream answers and requests passed on to endpoints, endpoint answers passed up
     upstream_timeouts: int = 0  # inline: forwarded requests the upstream never answered
     unroutable: int = 0  # inline: upstream requests naming no endpoint or call we know
-    policy_errors: int = 0  # exceptions raised by the policy hooks
+    hook_errors: int = 0  # exceptions raised by the hooks or the sip_locator (meter.hooks.HookCaller)
     internal_errors: int = 0  # exceptions caught at the core's boundary (a bug, not the peer's fault)
     send_errors: int = 0
 

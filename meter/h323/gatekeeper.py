@@ -1,13 +1,14 @@
 """The H.323 gatekeeper's brain (standalone mode), sans-I/O: datagrams and ``now`` in, datagrams out.
 
-    gk = Gatekeeper(settings, policy, ras_address=("192.0.2.5", 1719))
+    gk = Gatekeeper(settings, hooks, ras_address=("192.0.2.5", 1719), sip_locator=locate)
     for reply in gk.receive(data, source, now): send(reply.data, reply.address)
     for message in gk.tick(now): ...      # every housekeeping_interval: expiry, IRQ polling
     for message in gk.close(now): ...     # node shutdown: URQ to every endpoint
 
-No sockets, no clock, no tasks: ``now`` is a monotonic time in seconds chosen by the caller (the
-asyncio adapter passes ``loop.time()``, tests a number); the hooks that want a wall-clock time get
-``now + wall_offset``. The policy (``meter.h323.policy``) is called inline.
+No sockets, no clock, no tasks (the aioquic shape, see ``meter.h323``): ``now`` is a monotonic time
+in seconds chosen by the caller (the asyncio adapter passes ``loop.time()``, tests a number); the
+hooks that want a wall-clock time get ``now + wall_offset``. The hooks (``meter.h323.hooks``) and
+the ``sip_locator`` are called inline, guarded by ``meter.hooks.HookCaller``.
 
 What it implements (ITU-T H.225.0 §7 RAS, direct call model): GRQ/GCF/GRJ, RRQ/RCF/RRJ (full and
 keep-alive), URQ/UCF/URJ from endpoints and URQ to them (expiry, shutdown), ARQ/ACF/ARJ, DRQ/DCF/DRJ,
@@ -25,14 +26,15 @@ from typing import Callable, NamedTuple
 
 from meter.codecs import ras
 from meter.codecs.ras import ZERO_GUID, Alias, RasMessage, RASError, TransportAddress
-from meter.h323.calls import CallRecord, CallTable, Leg, call_key
+from meter.h323.calls import CallTable, Leg, RasCall, call_key
 from meter.h323.counters import RasCounters
-from meter.h323.policy import (
-    DRQ, EXPIRED, MISSED_IRR, NOT_IN_CALL, REREGISTERED, SHUTDOWN, URQ, AdmissionInfo, AllowAll, Party,
-    RasPolicy, RegisterInfo, Verdict,
+from meter.h323.hooks import (
+    DRQ, EXPIRED, MISSED_IRR, NOT_IN_CALL, REREGISTERED, SHUTDOWN, URQ, AdmissionInfo, NoMetering, Party,
+    RasHooks, RegisterInfo, Verdict,
 )
 from meter.h323.registrations import Registration, RegistrationTable, alias_key, encodable, unique_aliases
 from meter.h323.settings import H323Settings
+from meter.hooks import HookCaller
 from meter.logs import log_event
 
 log = logging.getLogger("meter.h323")
@@ -68,6 +70,19 @@ MAX_SEQ = 65535
 #: IRQ retry.
 IRQ_ATTEMPTS = 2
 
+#: What on_register/on_admission answer when the hook raised: RRJ/ARJ undefinedReason (the hooks' contract).
+_HOOK_FAILED = Verdict.refuse("undefinedReason", "hook error")
+
+#: "Is this alias value registered over SIP on this node, and at which host:port do calls to it go?"
+#: None: not registered over SIP here. The composition (``meter.app``) builds it from the metering
+#: join and the SIP node; the gatekeeper never sees either (C9 interworking needs only the answer).
+SipLocator = Callable[[str], tuple[str, int] | None]
+
+
+def no_sip(alias_value: str) -> tuple[str, int] | None:
+    """The default SIP locator: no alias is registered over SIP (a node without a SIP side, tests)."""
+    return None
+
 
 def random_endpoint_id() -> str:
     """An endpointIdentifier nobody can guess: a keep-alive RRQ or URQ names the endpoint by it alone."""
@@ -96,15 +111,17 @@ class Gatekeeper:
         "infoRequestResponse": "_irr",
     }
 
-    def __init__(self, settings: H323Settings, policy: RasPolicy | None = None, *,
-                 ras_address: tuple[str, int], wall_offset: float = 0.0,
+    def __init__(self, settings: H323Settings, hooks: RasHooks | None = None, *,
+                 ras_address: tuple[str, int], sip_locator: SipLocator = no_sip, wall_offset: float = 0.0,
                  counters: RasCounters | None = None,
                  new_endpoint_id: Callable[[], str] = random_endpoint_id) -> None:
         self.settings = settings
-        self.policy: RasPolicy = policy or AllowAll()
+        self.hooks: RasHooks = hooks or NoMetering()
+        self.sip_locator = sip_locator
         self.ras_address = TransportAddress(*ras_address)
         self.wall_offset = wall_offset
         self.counters = counters or RasCounters()
+        self._guard = HookCaller(log, self.counters, "ras.hook_error")
         self.registrations = RegistrationTable()
         self.calls = CallTable()
         self._new_endpoint_id = new_endpoint_id
@@ -151,7 +168,7 @@ class Gatekeeper:
         return out
 
     def close(self, now: float) -> list[Datagram]:
-        """Node shutdown: every call ends and every registration goes, through the policy, exactly once."""
+        """Node shutdown: every call ends and every registration goes, through the hooks, exactly once."""
         out = self._out = []
         try:
             for call in self.calls:
@@ -225,7 +242,7 @@ class Gatekeeper:
             return
         endpoint_id = existing.endpoint_id if existing else self._fresh_endpoint_id()
         info = self._register_info(endpoint_id, existing, aliases, msg, source)
-        verdict = self._ask(self.policy.on_register, info)
+        verdict = self._ask(self.hooks.on_register, info)
         if not verdict.allowed:
             self._rrj(source, seq, verdict.reason)
             log_event(log, "ras.rrq_refused", aliases=_alias_texts(aliases), reason=verdict.reason,
@@ -292,9 +309,9 @@ class Gatekeeper:
     def _registered(self, reg: Registration, dropped: tuple[Alias, ...], source: TransportAddress,
                     now: float) -> None:
         if dropped:
-            self._notify(self.policy.on_unregistered, reg.endpoint_id, dropped, REREGISTERED)
-        self._notify(self.policy.on_registered, reg.endpoint_id, reg.aliases, reg.vendor, source,
-                     now + self.wall_offset)
+            self._guard.notify(self.hooks.on_unregistered, reg.endpoint_id, dropped, REREGISTERED)
+        self._guard.notify(self.hooks.on_registered, reg.endpoint_id, reg.aliases, reg.vendor, source,
+                           now + self.wall_offset)
         log_event(log, "ras.registered", logging.DEBUG, endpoint_id=reg.endpoint_id,
                   aliases=_alias_texts(reg.aliases), ttl=reg.time_to_live)
 
@@ -323,7 +340,7 @@ class Gatekeeper:
         if msg.aliases and not reg.keys <= frozenset(map(alias_key, msg.aliases)):
             dropped = self.registrations.remove_aliases(reg, msg.aliases)
             if dropped:
-                self._notify(self.policy.on_unregistered, reg.endpoint_id, dropped, cause)
+                self._guard.notify(self.hooks.on_unregistered, reg.endpoint_id, dropped, cause)
             return
         self._unregister(reg, cause)
 
@@ -333,7 +350,7 @@ class Gatekeeper:
             self._end_call(call, cause)
         if self.registrations.remove(reg.endpoint_id) is None:
             return
-        self._notify(self.policy.on_unregistered, reg.endpoint_id, reg.aliases, cause)
+        self._guard.notify(self.hooks.on_unregistered, reg.endpoint_id, reg.aliases, cause)
         log_event(log, "ras.unregistered", logging.DEBUG, endpoint_id=reg.endpoint_id, cause=cause)
 
     def _expire(self, reg: Registration, now: float) -> None:
@@ -371,7 +388,7 @@ class Gatekeeper:
             return
         caller, callee, resolved, dest_address = route
         bandwidth = msg.bandwidth or 0
-        verdict = self._ask(self.policy.on_admission, AdmissionInfo(
+        verdict = self._ask(self.hooks.on_admission, AdmissionInfo(
             call_key=ras.guid_str(key), endpoint_id=reg.endpoint_id, answer_call=answer,
             first_for_call=call is None, caller=caller, callee=callee, bandwidth=bandwidth, resolved=resolved,
             call_type=msg.call_type, source=source, mode=self.mode))
@@ -385,18 +402,18 @@ class Gatekeeper:
         self._acf(source, seq, bandwidth, dest_address)
 
     def _new_call(self, key: bytes, msg: RasMessage, caller: Party, callee: Party, resolved: str | None,
-                  bandwidth: int, now: float) -> CallRecord:
-        call = CallRecord(key, msg.call_identifier or ZERO_GUID, msg.conference_id or ZERO_GUID, now,
-                          now + self.wall_offset, caller, callee, resolved, bandwidth)
+                  bandwidth: int, now: float) -> RasCall:
+        call = RasCall(key, msg.call_identifier or ZERO_GUID, msg.conference_id or ZERO_GUID, now,
+                       now + self.wall_offset, caller, callee, resolved, bandwidth)
         self.calls.add(call)
         return call
 
-    def _admit(self, call: CallRecord, endpoint_id: str, msg: RasMessage, dest_address: TransportAddress | None,
+    def _admit(self, call: RasCall, endpoint_id: str, msg: RasMessage, dest_address: TransportAddress | None,
                now: float) -> None:
         self.calls.add_leg(call, Leg(endpoint_id, bool(msg.answer_call), msg.call_reference_value or 0,
                                      msg.bandwidth or 0, dest_address, admitted_at=now, last_seen=now))
 
-    def _route(self, msg: RasMessage, reg: Registration, call: CallRecord | None,
+    def _route(self, msg: RasMessage, reg: Registration, call: RasCall | None,
                answer: bool) -> tuple[Party, Party, str | None, TransportAddress | None] | None:
         """(caller, callee, how the destination was resolved, destCallSignalAddress), or None: nobody to call."""
         me = Party(reg.aliases, reg.endpoint_id, "h323", reg.call_signal_address, reg.vendor)
@@ -437,12 +454,8 @@ class Gatekeeper:
         return Party(aliases, None, None, address)
 
     def _locate_sip(self, alias: Alias) -> TransportAddress | None:
-        try:
-            address = self.policy.locate_sip(alias)
-        except Exception:
-            self.counters.policy_errors += 1
-            log.exception("ras.policy_error", extra={"facts": {"hook": "locate_sip"}})
-            return None
+        """C9: where a call to an alias registered over SIP on this node goes (None: it is not)."""
+        address = self._guard.call(self.sip_locator, alias.value, default=None)
         return None if address is None else TransportAddress(address[0], int(address[1]))
 
     def _acf(self, source: TransportAddress, seq: int, bandwidth: int, dest: TransportAddress | None) -> None:
@@ -563,7 +576,7 @@ class Gatekeeper:
                 elif leg.irq_attempts < IRQ_ATTEMPTS and now - leg.irq_sent_at >= s.irr_timeout / 2:
                     self._send_irq(call, leg, now, again=True)
 
-    def _send_irq(self, call: CallRecord, leg: Leg, now: float, *, again: bool = False) -> None:
+    def _send_irq(self, call: RasCall, leg: Leg, now: float, *, again: bool = False) -> None:
         reg = self.registrations.get(leg.endpoint_id)
         if reg is None:
             return
@@ -574,7 +587,7 @@ class Gatekeeper:
         self._send(reg.ras_address, ras.info_request(
             leg.irq_seq, call_reference_value=leg.call_reference_value, call_identifier=call.call_identifier), "IRQ")
 
-    def _drop_call(self, call: CallRecord, cause: str) -> None:
+    def _drop_call(self, call: RasCall, cause: str) -> None:
         """Gatekeeper-initiated DRQ forcedDrop to every party still registered, then the call ends."""
         for leg in call.legs.values():
             reg = self.registrations.get(leg.endpoint_id)
@@ -588,14 +601,14 @@ class Gatekeeper:
 
     # ------------------------------------------------------------------ shared
 
-    def _end_call(self, call: CallRecord, cause: str) -> None:
+    def _end_call(self, call: RasCall, cause: str) -> None:
         """The one release path of a call: on_call_ended exactly once (DESIGN principle 4)."""
         if self.calls.remove(call.key) is None:
             return
         for leg in call.legs.values():
             if leg.irq_seq is not None:
                 self._irqs.pop(leg.irq_seq, None)
-        self._notify(self.policy.on_call_ended, call.call_key, cause)
+        self._guard.notify(self.hooks.on_call_ended, call.call_key, cause)
         log_event(log, "ras.call_ended", logging.DEBUG, call=call.call_key, cause=cause)
 
     def _send(self, address: TransportAddress, data: bytes, short: str) -> None:
@@ -605,21 +618,8 @@ class Gatekeeper:
     def _next_seq(self) -> int:
         return next(self._seqs)
 
-    def _ask(self, hook, info) -> Verdict:
-        try:
-            verdict = hook(info)
-        except Exception:
-            self.counters.policy_errors += 1
-            log.exception("ras.policy_error", extra={"facts": {"hook": getattr(hook, "__name__", "?")}})
-            return Verdict.refuse("undefinedReason", "policy error")
-        return verdict
-
-    def _notify(self, hook, *args) -> None:
-        try:
-            hook(*args)
-        except Exception:
-            self.counters.policy_errors += 1
-            log.exception("ras.policy_error", extra={"facts": {"hook": getattr(hook, "__name__", "?")}})
+    def _ask(self, hook: Callable[..., Verdict], info: RegisterInfo | AdmissionInfo) -> Verdict:
+        return self._guard.ask(hook, info, on_error=_HOOK_FAILED, expect=Verdict)
 
     # ------------------------------------------------------------------ read-only views
 

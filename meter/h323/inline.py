@@ -10,9 +10,9 @@ endpoint sends is forwarded upstream with two edits and nothing else re-decided:
   node's so the endpoint keeps talking to the node.
 
 What the node learns, and from which answer: RCF (endpointIdentifier, timeToLive, aliases), UCF,
-ACF (a call leg), DCF, BCF; upstream URQ and DRQ end what they name. The policy is asked before a
+ACF (a call leg), DCF, BCF; upstream URQ and DRQ end what they name. The hooks are asked before a
 full RRQ or an ARQ goes upstream (a refusal is answered RRJ/ARJ by the node itself); an allowed one
-is settled by the answer, or by ``upstream_timeout`` (policy contract in ``meter.h323.policy``).
+is settled by the answer, or by ``upstream_timeout`` (the contract is in ``meter.h323.hooks``).
 
 Left to the upstream: alias conflicts, destination resolution, IRQ polling (the node relays the
 upstream's IRQs and learns from the IRRs that pass).
@@ -29,7 +29,7 @@ from meter.codecs import ras
 from meter.codecs.ras import RasMessage, RASError, TransportAddress
 from meter.h323.calls import call_key
 from meter.h323.gatekeeper import ANSWER_KINDS, MAX_SEQ, Gatekeeper
-from meter.h323.policy import (
+from meter.h323.hooks import (
     DRQ, EXPIRED, REREGISTERED, SHUTDOWN, UPSTREAM_DRQ, UPSTREAM_REJECT, UPSTREAM_TIMEOUT, UPSTREAM_URQ, URQ,
     AdmissionInfo, Party, RegisterInfo,
 )
@@ -67,7 +67,7 @@ class Pending:
     reply_to: TransportAddress      # where the answer goes (an LRQ's replyAddress, else the sender)
     wire: bytes                     # what was sent upstream, resent on a retransmission
     deadline: float
-    register: RegisterInfo | None = None  # a full RRQ the policy allowed
+    register: RegisterInfo | None = None  # a full RRQ the hooks allowed
     created_call: bytes | None = None     # an ARQ whose allowed admission created this call record
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -79,9 +79,9 @@ class Pending:
 class InlineGatekeeper(Gatekeeper):
     mode = "inline"
 
-    def __init__(self, settings, policy=None, *, ras_address: tuple[str, int], upstream: tuple[str, int],
+    def __init__(self, settings, hooks=None, *, ras_address: tuple[str, int], upstream: tuple[str, int],
                  **kwargs) -> None:
-        super().__init__(settings, policy, ras_address=ras_address, **kwargs)
+        super().__init__(settings, hooks, ras_address=ras_address, **kwargs)
         self.upstream = TransportAddress(upstream[0], int(upstream[1]))
         self.pending: dict[int, Pending] = {}
         self._by_origin: dict[tuple[TransportAddress, int, str], int] = {}
@@ -148,7 +148,7 @@ class InlineGatekeeper(Gatekeeper):
             aliases = unique_aliases(existing.aliases + aliases)
         info = self._register_info(existing.endpoint_id if existing else msg.endpoint_identifier, existing, aliases,
                                    msg, pending.source)
-        verdict = self._ask(self.policy.on_register, info)
+        verdict = self._ask(self.hooks.on_register, info)
         if not verdict.allowed:
             self._rrj(pending.source, msg.request_seq_num, verdict.reason)
             return False
@@ -165,7 +165,7 @@ class InlineGatekeeper(Gatekeeper):
         reg = self.registrations.get(msg.endpoint_identifier)
         caller, callee, resolved = self._inline_route(msg, reg, call, answer)
         bandwidth = msg.bandwidth or 0
-        verdict = self._ask(self.policy.on_admission, AdmissionInfo(
+        verdict = self._ask(self.hooks.on_admission, AdmissionInfo(
             call_key=ras.guid_str(key), endpoint_id=msg.endpoint_identifier or "", answer_call=answer,
             first_for_call=call is None, caller=caller, callee=callee, bandwidth=bandwidth, resolved=resolved,
             call_type=msg.call_type, source=pending.source, mode=self.mode))
@@ -242,7 +242,7 @@ class InlineGatekeeper(Gatekeeper):
                 self._learn_keep_alive(pending, answer, now)
             elif failed:
                 if pending.register is not None:
-                    self._notify(self.policy.on_register_failed, pending.register, cause)
+                    self._guard.notify(self.hooks.on_register_failed, pending.register, cause)
             else:
                 self._learn_registration(pending, answer, now)
         elif kind == "unregistrationRequest":  # confirmed, refused or unanswered: the endpoint has left
@@ -257,7 +257,7 @@ class InlineGatekeeper(Gatekeeper):
             if not failed and request.endpoint_identifier:
                 self._admit(call, request.endpoint_identifier, request, answer.dest_call_signal_address, now)
             elif failed and pending.created_call == key and not call.legs:
-                self._end_call(call, cause)  # admitted by the policy, never by the upstream
+                self._end_call(call, cause)  # admitted by the hooks, never by the upstream
         elif kind == "disengageRequest":  # the endpoint has left the call whatever the answer
             call = self.calls.get(call_key(request.call_identifier, request.conference_id))
             if call is not None:
@@ -365,7 +365,7 @@ class InlineGatekeeper(Gatekeeper):
         for pending in list(self.pending.values()):
             self._settle(pending)
             if pending.register is not None:
-                self._notify(self.policy.on_register_failed, pending.register, SHUTDOWN)
+                self._guard.notify(self.hooks.on_register_failed, pending.register, SHUTDOWN)
 
     def _say_goodbye(self, reg: Registration, reason: str) -> None:
         """Inline: the registrations are the upstream's; the node sends no URQ of its own."""

@@ -1,10 +1,10 @@
 """The RAS node: binds UDP, feeds the sans-I/O gatekeeper, sends what it returns, runs its housekeeping.
 
-    node = RasNode(settings, policy)
+    node = RasNode(settings, hooks, sip_locator=locate, wrap_receiver=lambda r: TimedReceiver(r, histogram))
     await node.start()      # binds; node.port is the port actually bound
     ...
     await node.close()      # URQ to every endpoint (standalone); every call and registration ends
-                            # through the policy ("shutdown")
+                            # through the hooks ("shutdown")
 
 One ``DatagramProtocol`` callback per datagram, no task per packet; housekeeping is one
 ``loop.call_later`` chain. Works on uvloop (the lead's runner installs it) and on asyncio's own loop.
@@ -17,12 +17,13 @@ import ipaddress
 import logging
 import socket
 import time
+from typing import Callable, Protocol
 
 from meter.codecs.ras import TransportAddress
 from meter.h323.counters import RasCounters
-from meter.h323.gatekeeper import Datagram, Gatekeeper
+from meter.h323.gatekeeper import Datagram, Gatekeeper, SipLocator, no_sip
+from meter.h323.hooks import RasHooks
 from meter.h323.inline import InlineGatekeeper
-from meter.h323.policy import RasPolicy
 from meter.h323.settings import H323Settings
 from meter.logs import log_event
 from meter.sockets import enlarge_receive_buffer, primary_address
@@ -30,8 +31,14 @@ from meter.sockets import enlarge_receive_buffer, primary_address
 log = logging.getLogger("meter.h323")
 
 
+class DatagramReceiver(Protocol):
+    """What the socket hands each datagram to."""
+
+    def receive_datagram(self, data: bytes, addr: tuple[str, int]) -> None: ...
+
+
 class _RasProtocol(asyncio.DatagramProtocol):
-    def __init__(self, node: "RasNode", receiver) -> None:
+    def __init__(self, node: RasNode, receiver: DatagramReceiver) -> None:
         self.node = node
         self.receive_datagram = receiver.receive_datagram  # the node, or a TimedReceiver around it
 
@@ -44,11 +51,15 @@ class _RasProtocol(asyncio.DatagramProtocol):
 
 
 class RasNode:
-    def __init__(self, settings: H323Settings | None = None, policy: RasPolicy | None = None) -> None:
+    def __init__(self, settings: H323Settings | None = None, hooks: RasHooks | None = None, *,
+                 sip_locator: SipLocator = no_sip,
+                 wrap_receiver: Callable[[RasNode], DatagramReceiver] | None = None) -> None:
         self.settings = settings or H323Settings()
-        self.policy = policy
-        # What the socket hands each datagram to; the app swaps in a TimedReceiver before start().
-        self.receiver = self
+        self.hooks = hooks
+        self.sip_locator = sip_locator
+        # What the socket hands each datagram to: the node, or what wrap_receiver makes of it (the
+        # app's TimedReceiver, which times each datagram's handling).
+        self.receiver: DatagramReceiver = self if wrap_receiver is None else wrap_receiver(self)
         self.counters = RasCounters()
         self.core: Gatekeeper | None = None
         self.port = 0
@@ -73,7 +84,8 @@ class RasNode:
         host = s.advertised_host or (primary_address() if unspecified else s.host)
         self.ras_address = TransportAddress(host, self.port)
         # Hooks get wall-clock times; the core runs on the loop's monotonic clock.
-        common = dict(ras_address=self.ras_address, wall_offset=time.time() - loop.time(), counters=self.counters)
+        common = dict(ras_address=self.ras_address, sip_locator=self.sip_locator,
+                      wall_offset=time.time() - loop.time(), counters=self.counters)
         if s.mode == "inline":
             upstream_host, upstream_port = s.upstream_hostport
             try:
@@ -82,9 +94,9 @@ class RasNode:
                 infos = await loop.getaddrinfo(upstream_host, upstream_port, family=family, type=socket.SOCK_DGRAM)
                 upstream_host = infos[0][4][0]
             self.upstream = TransportAddress(upstream_host, upstream_port)
-            self.core = InlineGatekeeper(s, self.policy, upstream=self.upstream, **common)
+            self.core = InlineGatekeeper(s, self.hooks, upstream=self.upstream, **common)
         else:
-            self.core = Gatekeeper(s, self.policy, **common)
+            self.core = Gatekeeper(s, self.hooks, **common)
         self._timer = loop.call_later(s.housekeeping_interval, self._housekeeping)
         log_event(log, "h323.started", host=s.host, port=self.port, mode=s.mode, ras_address=str(self.ras_address),
                   gatekeeper_id=s.gatekeeper_id, upstream=str(self.upstream) if self.upstream else "")

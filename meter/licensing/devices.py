@@ -15,8 +15,6 @@ from __future__ import annotations
 import re
 import tomllib
 from dataclasses import dataclass
-from importlib import resources
-from pathlib import Path
 from typing import NamedTuple
 
 SHIPPED_NAME = "devices.toml"
@@ -93,17 +91,6 @@ class DeviceCatalog:
         self.registration_memo: dict = {}  # used by registrations.classify_registration
 
     # ---- loading ------------------------------------------------------------------------
-
-    @classmethod
-    def load(cls, path: str | Path | None = None) -> DeviceCatalog:
-        if path is None:
-            text = (resources.files("meter.shipped") / SHIPPED_NAME).read_text(encoding="utf-8")
-            return cls.parse(text, source=f"<shipped {SHIPPED_NAME}>")
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise CatalogError(f"{path}: cannot read: {exc.strerror}") from None
-        return cls.parse(text, source=str(path))
 
     @classmethod
     def parse(cls, text: str, source: str = "<string>") -> DeviceCatalog:

@@ -5,8 +5,9 @@ Every charge is keyed by the call or registration it belongs to and has exactly 
 kept in half units so two audio-only SIP calls share one license (C4); an audio-only SIP call is
 charged as video while it is set up and settled once set-up completes (C6), after which its class
 is frozen (C7). Registered calls take no RMS but occupy the node like any other call (C1 note,
-P3). ``enforce`` refuses what does not fit; ``observe`` lets everything through and counts each
-would-be refusal by reason.
+P3). The ledger's *enforcement*: ``enforce`` refuses what does not fit; ``observe`` lets
+everything through. Either way each misfit is counted here, once, by (license, reason,
+enforcement): the reasons and their words are ``meter.licensing.refusals``.
 
 Hot path: ``charge``/``release``/``settle`` are dict operations and integer arithmetic plus two
 pool queries (O(peers), at most six); nothing here allocates beyond one small entry and one
@@ -15,43 +16,19 @@ Decision per charge.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Hashable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import NamedTuple
 
-from meter.cluster.pool import LicensePool, MemoryPool
 from meter.licensing.alarms import Alarm, AlarmBoard
 from meter.licensing.model import POOLED, RMS_HALF_UNITS, UNIT_SCALE, Kind, License, Media
 from meter.licensing.platforms import Platform
+from meter.licensing.pool import LicensePool, MemoryPool
+from meter.licensing.refusals import REFUSALS, Refusal
 
-MODES = ("enforce", "observe")
-
-# Refusal reasons: a small fixed set (they are metric label values), the rule that refuses, and
-# the SIP status a refusal should answer with (503: capacity, try again or elsewhere).
-REASON_RULES: dict[str, str] = {
-    "rms_exhausted": "P1",                    # the cluster's RMS pool is used up (C2, C4)
-    "room_exhausted": "R11",                  # R5: room systems cannot use desktop licenses
-    "desktop_exhausted": "R11",
-    "cmr_exhausted": "C10",
-    "peer_rms_limit": "P3",                   # this peer already uses its platform's maximum RMS
-    "node_call_capacity": "P3",
-    "node_registration_capacity": "R6",
-    "node_mra_registration_capacity": "R6",
-    "registrations_blocked": "R11",           # e.g. Smart evaluation expired unregistered (S2)
-}
-REFUSAL_STATUS = 503
-# Words for a refusal's reason phrase / Warning header and for logs.
-REASON_TEXT: dict[str, str] = {
-    "rms_exhausted": "Rich media session licenses exhausted",
-    "room_exhausted": "Room system licenses exhausted",
-    "desktop_exhausted": "Desktop system licenses exhausted",
-    "cmr_exhausted": "CMR licenses exhausted",
-    "peer_rms_limit": "Node at its platform's RMS maximum",
-    "node_call_capacity": "Node at its physical call capacity",
-    "node_registration_capacity": "Node at its registration capacity",
-    "node_mra_registration_capacity": "Node at its MRA registration capacity",
-    "registrations_blocked": "New registrations refused",
-}
+ENFORCE, OBSERVE = "enforce", "observe"
+ENFORCEMENTS = (ENFORCE, OBSERVE)  # the `enforcement` label of meter_refusals_total
 _EXHAUSTED = {lic: f"{lic}_exhausted" for lic in POOLED}
 _REGISTRATION_KINDS = (Kind.REGISTRATION, Kind.MRA_REGISTRATION)
 # P4: the capacity alarm stands at 90% of capacity. It clears 5 points lower, so a node hovering
@@ -61,22 +38,27 @@ ALARM_CLEAR_PERCENT = 85
 
 
 class Decision(NamedTuple):
-    ok: bool                # go ahead (always True in observe mode)
-    reason: str             # "" when it fits, else a key of REASON_RULES
+    ok: bool                # go ahead (always True when observing)
+    reason: str             # "" when it fits, else a key of refusals.REFUSALS
     rules: tuple[str, ...]  # the charge's rules, plus the one that refused when it did not fit
     license: str
     units: int
-    observed: bool = False  # observe mode let through what enforce would have refused
-    status: int = 0         # SIP status hint for a refusal
+    observed: bool = False  # observing let through what enforcing would have refused
 
     @property
     def refused(self) -> bool:
         return not self.ok
 
     @property
+    def refusal(self) -> Refusal | None:
+        """The reason's row of the refusal table (None when it fitted): its words and answers."""
+        return REFUSALS.get(self.reason)
+
+    @property
     def text(self) -> str:
-        """Words for the reason ('' when it fitted): a SIP reason phrase or Warning text."""
-        return REASON_TEXT.get(self.reason, "")
+        """Words for the reason ('' when it fitted), for the API and logs."""
+        refusal = self.refusal
+        return refusal.text if refusal is not None else ""
 
 
 class _Entry:
@@ -107,7 +89,7 @@ class Snapshot:
 
     node: str
     role: str
-    mode: str
+    enforcement: str
     at: float
     licenses: dict[str, PoolUsage]
     calls: int
@@ -119,8 +101,8 @@ class Snapshot:
     registration_capacity: int
     mra_registrations: int
     mra_registration_capacity: int
-    refusals: dict[str, int]
-    would_refuse: dict[str, int]
+    refusals: dict[str, int]      # refused (enforce), by reason
+    would_refuse: dict[str, int]  # let through while observing, by reason
     alarms: list[Alarm] = field(default_factory=list)
 
     def to_dict(self) -> dict:
@@ -135,13 +117,12 @@ class Ledger:
         platform: Platform,
         *,
         pool: LicensePool | None = None,
-        mode: str = "enforce",
+        enforcement: str = ENFORCE,
         alarms: AlarmBoard | None = None,
         now: float = 0.0,
     ) -> None:
-        if mode not in MODES:
-            raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
-        self.node, self.role, self.platform, self.mode = node, role, platform, mode
+        _check_enforcement(enforcement)
+        self.node, self.role, self.platform, self.enforcement = node, role, platform, enforcement
         self.pool = pool if pool is not None else MemoryPool()
         self.alarms = alarms if alarms is not None else AlarmBoard()
         self.pool.join(node, now, call_capacity=platform.calls_video)
@@ -155,25 +136,24 @@ class Ledger:
         self._rms_peer_cap = platform.max_rms_per_peer * UNIT_SCALE[License.RMS]
         self._calls_by_media: dict[str, int] = {m: 0 for m in Media}
         self._calls_by_license: dict[str, int] = {lic: 0 for lic in License}
-        self.refusals: dict[str, int] = {}
-        self.would_refuse: dict[str, int] = {}
+        # Misfits by (license, reason, enforcement): the one count of refusals (meter_refusals_total).
+        self.refusals: Counter[tuple[str, str, str]] = Counter()
         self._blocked = ""
         self._node_hot = False
         self._exhausted: set[str] = set()
         self._node_name = node
         self._set_usage = self.pool.set_usage  # bound once: called on every charge and release
 
-    # ---- licenses and modes -------------------------------------------------------------
+    # ---- licenses and enforcement -------------------------------------------------------
 
     def set_licenses(self, quantities: Mapping[str, int], now: float) -> None:
         """This node's own licenses (from its option keys), contributed to the cluster pool (P1)."""
         self._now = now
         self.pool.contribute(self.node, {str(k): v for k, v in quantities.items()}, now)
 
-    def set_mode(self, mode: str) -> None:
-        if mode not in MODES:
-            raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
-        self.mode = mode
+    def set_enforcement(self, enforcement: str) -> None:
+        _check_enforcement(enforcement)
+        self.enforcement = enforcement
 
     def block_registrations(self, reason: str) -> None:
         """Refuse every new registration (R11; S2 sets it when Smart evaluation expired). '' lifts it."""
@@ -226,11 +206,9 @@ class Ledger:
         if reason:
             if reason in ("rms_exhausted", "room_exhausted", "desktop_exhausted", "cmr_exhausted"):
                 self._exhausted_alarm(license, now)
-            if self.mode == "enforce":
-                self.refusals[reason] = self.refusals.get(reason, 0) + 1
-                return Decision(False, reason, rules + (REASON_RULES[reason],), license, units,
-                                False, REFUSAL_STATUS)
-            self.would_refuse[reason] = self.would_refuse.get(reason, 0) + 1
+            self.refusals[(str(license), reason, self.enforcement)] += 1
+            if self.enforcement == ENFORCE:
+                return Decision(False, reason, rules + (REFUSALS[reason].rule,), license, units)
             observed = True
         if old is not None:
             self._remove(old)
@@ -238,7 +216,7 @@ class Ledger:
         self._entries[owner_key] = entry
         self._add(entry)
         if observed:
-            return Decision(True, reason, rules + (REASON_RULES[reason],), license, units, True, 0)
+            return Decision(True, reason, rules + (REFUSALS[reason].rule,), license, units, True)
         return Decision(True, "", rules, license, units)
 
     def settle(self, call_key: Hashable, final, now: float) -> Decision | None:
@@ -421,6 +399,10 @@ class Ledger:
         return owner_key in self._entries
 
     def snapshot(self, now: float) -> Snapshot:
+        refused: dict[str, dict[str, int]] = {ENFORCE: {}, OBSERVE: {}}
+        for (_, reason, enforcement), count in self.refusals.items():
+            by_reason = refused[enforcement]
+            by_reason[reason] = by_reason.get(reason, 0) + count
         licenses = {}
         for lic in POOLED:
             scale = UNIT_SCALE[lic]
@@ -432,7 +414,7 @@ class Ledger:
                 capacity=self.pool.capacity(lic, now, self.node),
             )
         return Snapshot(
-            node=self.node, role=self.role, mode=self.mode, at=now, licenses=licenses,
+            node=self.node, role=self.role, enforcement=self.enforcement, at=now, licenses=licenses,
             calls=sum(self._calls_by_media.values()),
             calls_by_media={str(k): v for k, v in self._calls_by_media.items()},
             calls_by_license={str(k): v for k, v in self._calls_by_license.items()},
@@ -440,6 +422,11 @@ class Ledger:
             call_capacity=self.platform.calls_video,
             registrations=self._regs, registration_capacity=self.platform.registrations,
             mra_registrations=self._mra, mra_registration_capacity=self.platform.mra_registrations,
-            refusals=dict(self.refusals), would_refuse=dict(self.would_refuse),
+            refusals=refused[ENFORCE], would_refuse=refused[OBSERVE],
             alarms=self.alarms.active(),
         )
+
+
+def _check_enforcement(enforcement: str) -> None:
+    if enforcement not in ENFORCEMENTS:
+        raise ValueError(f"enforcement: expected one of {ENFORCEMENTS}, got {enforcement!r}")

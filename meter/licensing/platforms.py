@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import tomllib
 from dataclasses import dataclass
-from importlib import resources
-from pathlib import Path
 
 from meter.licensing.model import Media
 
@@ -68,23 +66,3 @@ def parse(text: str, source: str = "<string>") -> dict[str, Platform]:
     if not platforms:
         raise PlatformError(f"{source}: no platform tables")
     return platforms
-
-
-def load(path: str | Path | None = None) -> dict[str, Platform]:
-    """The shipped profiles, or a lab's own file at ``path``."""
-    if path is None:
-        text = (resources.files("meter.shipped") / SHIPPED_NAME).read_text(encoding="utf-8")
-        return parse(text, source=f"<shipped {SHIPPED_NAME}>")
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise PlatformError(f"{path}: cannot read: {exc.strerror}") from None
-    return parse(text, source=str(path))
-
-
-def get(name: str, path: str | Path | None = None) -> Platform:
-    platforms = load(path)
-    try:
-        return platforms[name]
-    except KeyError:
-        raise PlatformError(f"unknown platform {name!r} (expected one of: {', '.join(sorted(platforms))})") from None

@@ -2,8 +2,9 @@
 
 - ``join``  the shared part: one :class:`~meter.metering.join.Metering` per node, holding the
             ledger, a record per charged alias and per call (what each costs and the rule IDs that
-            decided it), the refusal answers, and the one function that says which side of a zone
-            is registered (``zone_registration``).
+            decided it), and the one function that says which side of a zone is registered
+            (``zone_registration``). Each protocol module words its refusals from the one table,
+            ``meter.licensing.refusals``.
 - ``sip``   the SIP node's hooks (``meter.sip.hooks``) -> the join.
 - ``h323``  the RAS gatekeeper's hooks (``meter.h323.hooks``) -> the join.
 

@@ -1,20 +1,24 @@
-"""The metering join for H.323: the RAS gatekeeper's hooks -> the same ledger as SIP.
+"""The metering join for H.323: the RAS gatekeeper's hooks (``meter.h323.hooks``) -> the same ledger as SIP.
 
 Registrations: one room license per alias (R4, R9), whatever the device (an MCU with ten
 aliases takes ten); a device registered over SIP too pays both (R8): its SIP AOR and its H.323
-aliases are different ledger keys. Calls: charged once per callIdentifier on the first ARQ the
-node sees; an H.323 call to an alias registered here over SIP is interworked (C9); H.323
-audio-only calls take a whole RMS (C4); H.323 to the cloud CMR takes a CMR license (C10).
+aliases are different ledger keys. An alias's ledger key is the gatekeeper's own alias identity
+(``ledger_key``), so two spellings of one alias are one license. Calls: charged once per
+callIdentifier on the first ARQ the node sees; an H.323 call to an alias registered here over SIP
+is interworked (C9: the gatekeeper finds it through its ``sip_locator``); H.323 audio-only calls
+take a whole RMS (C4); H.323 to the cloud CMR takes a CMR license (C10).
 """
 
 from __future__ import annotations
 
 from meter.codecs.ras import Alias, TransportAddress
-from meter.h323 import policy as ras
+from meter.h323.hooks import ALLOW, AdmissionInfo, Party, RegisterInfo, Verdict
+from meter.h323.registrations import alias_key
 from meter.licensing.calls import CallFacts
+from meter.licensing.ledger import Decision
 from meter.licensing.registrations import RegistrationFacts
 from meter.metering.join import Metering, zone_registration
-from meter.zones import LOCAL
+from meter.zones import LOCAL, ZoneSettings
 
 # H.225.0 BandWidth is in units of 100 bit/s, both directions together. Up to 1280 (64 kbit/s
 # each way: G.711, the widest common voice codec) the call carries no video; the class decides
@@ -25,18 +29,29 @@ AUDIO_ONLY_BANDWIDTH = 1280
 SIP_ZONE_KINDS = frozenset({"third_party_sip", "lync_gateway"})
 
 
-def alias_key(alias: Alias) -> str:
-    return f"{alias.type}:{alias.value}"
+def ledger_key(alias: Alias) -> str:
+    """The ledger's key for an H.323 alias (R9: one license per alias): the registration table's
+    identity (``alias_key``), written out. The gatekeeper matches aliases by that identity (E.164 as
+    dialledDigits or partyNumber is one number; h323-ID, url-ID and email-ID ignore case), so the
+    ledger must too: "Room1" and "room1" are one alias, one license, released once."""
+    space, value = alias_key(alias)
+    return f"{space}:{value}"
+
+
+def ras_verdict(decision: Decision) -> Verdict:
+    """RRJ/ARJ for a refused charge, worded from the one refusal table (its detail goes to the log)."""
+    refusal = decision.refusal
+    return Verdict.refuse(refusal.h323_reason, refusal.warning(decision.rules))
 
 
 class RasMetering:
-    """The gatekeeper's policy."""
+    """The gatekeeper's hooks (``meter.h323.hooks.RasHooks``): H.323 registrations and calls -> the join."""
 
     def __init__(self, metering: Metering):
         self.m = metering
 
     # -- registrations
-    def on_register(self, info: ras.RegisterInfo) -> ras.Verdict:
+    def on_register(self, info: RegisterInfo) -> Verdict:
         m = self.m
         now = m.clock()
         vendor = info.vendor
@@ -45,22 +60,21 @@ class RasMetering:
                                   (vendor.version_id or "") if vendor else "")
         charged = []
         for alias in info.new_aliases:
-            decision = m.charge_registration("h323", alias_key(alias), facts, now, reserve=True)
+            key = ledger_key(alias)
+            decision = m.charge_registration("h323", key, facts, now, reserve=True)
             if decision is None:
                 continue
             if not decision.ok:
-                for key in charged:  # all or nothing: an RRQ is one registration
-                    m.release_registration("h323", key, "refused with its registration", now)
-                return ras.Verdict.refuse("resourceUnavailable", f"{decision.reason} ({','.join(decision.rules)})")
-            charged.append(alias_key(alias))
-        return ras.ALLOW
+                for charged_key in charged:  # all or nothing: an RRQ is one registration
+                    m.release_registration("h323", charged_key, "refused with its registration", now)
+                return ras_verdict(decision)
+            charged.append(key)
+        return ALLOW
 
-    def on_register_failed(self, info: ras.RegisterInfo, cause: str) -> None:
+    def on_register_failed(self, info: RegisterInfo, cause: str) -> None:
         now = self.m.clock()
         for alias in info.new_aliases:
-            record = self.m.registrations.get(("h323", alias_key(alias)))
-            if record is not None and record.reserved_until is not None:
-                self.m.release_registration("h323", alias_key(alias), cause, now)
+            self.m.release_reservation("h323", ledger_key(alias), cause, now)
 
     def on_registered(self, endpoint_id, aliases, vendor, source, now) -> None:
         m = self.m
@@ -68,17 +82,17 @@ class RasMetering:
                                   (vendor.product_id or "") if vendor else "",
                                   (vendor.version_id or "") if vendor else "")
         for alias in aliases:
-            m.charge_registration("h323", alias_key(alias), facts, now)  # confirms the reservation
+            m.charge_registration("h323", ledger_key(alias), facts, now)  # confirms the reservation
 
     def on_unregistered(self, endpoint_id, aliases, cause) -> None:
         now = self.m.clock()
         for alias in aliases:
-            self.m.release_registration("h323", alias_key(alias), cause, now)
+            self.m.release_registration("h323", ledger_key(alias), cause, now)
 
     # -- calls
-    def on_admission(self, info: ras.AdmissionInfo) -> ras.Verdict:
+    def on_admission(self, info: AdmissionInfo) -> Verdict:
         if not info.first_for_call:
-            return ras.ALLOW  # one call, one charge, however many parties ask
+            return ALLOW  # one call, one charge, however many parties ask
         m = self.m
         caller_zone, caller_reg = self._side(info.caller, info.source)
         callee_zone, callee_reg, zone = self._callee(info.callee)
@@ -97,20 +111,20 @@ class RasMetering:
         callee = info.callee.aliases[0].value if info.callee.aliases else ""
         decision = m.charge_call("h323", info.call_key, caller, callee, facts, now)
         if not decision.ok:
-            return ras.Verdict.refuse("resourceUnavailable", f"{decision.reason} ({','.join(decision.rules)})")
+            return ras_verdict(decision)
         # RAS carries no SDP: the class comes from the bandwidth asked for (see AUDIO_ONLY_BANDWIDTH).
         m.settle_call("h323", info.call_key, 1 if 0 < info.bandwidth <= AUDIO_ONLY_BANDWIDTH else 2, now)
-        return ras.ALLOW
+        return ALLOW
 
-    def _side(self, party: ras.Party, source: TransportAddress) -> tuple[str, str]:
+    def _side(self, party: Party, source: TransportAddress) -> tuple[str, str]:
         if party.registered:
             return LOCAL, self.m.role
         zone = self.m.zones.for_peer(source.ip if party.address is None else party.address.ip)
         if zone is not None:
-            return zone.kind, "unified_cm" if zone.registered and zone.kind == "unified_cm" else ("peer" if zone.registered else "")
+            return zone.kind, zone_registration(zone)
         return "external", ""
 
-    def _callee(self, party: ras.Party):
+    def _callee(self, party: Party) -> tuple[str, str, ZoneSettings | None]:
         if party.registered:
             return LOCAL, self.m.role, None
         for alias in party.aliases:
@@ -118,24 +132,14 @@ class RasMetering:
             host = value.rpartition("@")[2] if "@" in value else ""
             zone = self.m.zones.for_uri(value if value.startswith(("sip:", "h323:")) else f"h323:{value}", host)
             if zone is not None:
-                registered = ("unified_cm" if zone.kind == "unified_cm" else "peer") if zone.registered else ""
-                return zone.kind, registered, zone
-        if party.address is not None:
+                return zone.kind, zone_registration(zone), zone
+        if party.address is not None:  # dialled by address
             zone = self.m.zones.for_peer(party.address.ip)
             if zone is not None:
-                return zone.kind, "", zone
+                # C1, C11: a zone's endpoints are registered or not however they were dialled, and
+                # whichever side called (``_side`` says the same of a caller from that zone).
+                return zone.kind, zone_registration(zone), zone
         return "external", "", None
 
     def on_call_ended(self, call_key, cause) -> None:
         self.m.end_call("h323", call_key, cause, self.m.clock())
-
-    def locate_sip(self, alias: Alias) -> TransportAddress | None:
-        """Is this alias registered over SIP here? Then the node interworks the call (C9)."""
-        aor = self.m.sip_aor_for(alias.value)
-        if aor is None:
-            return None
-        sip = self.m.sip_node
-        if sip is None or sip.core is None:
-            return None
-        adv = sip.core.advertised
-        return TransportAddress(adv.host, adv.port)

@@ -1,27 +1,27 @@
 """The metering join: what passes the SIP node (and the RAS gatekeeper) is charged in real time.
 
-The signalling adapters call hooks (``meter.sip.policy.SipPolicy``); this module turns each into
+The signalling cores call hooks (``meter.sip.hooks.SipHooks``, ``meter.h323.hooks.RasHooks``),
+whose implementations (``meter.metering.sip``, ``meter.metering.h323``) use this module to turn each into
 facts for the pure licensing domain (``classify_call``, ``classify_registration``), charges the
 ledger, and answers allow or refuse. It keeps one record per charged alias and per call so the
 API and CLI can show what each costs and which rules decided it (DESIGN.md principle 2).
 
 Release paths (principle 4): a registration is released on unregister, expiry, node shutdown
-(``on_bindings`` with no bindings) or, for a REGISTER that the upstream never confirmed, when its
-reservation lapses; a call on ``on_call_ended``, which the SIP node calls exactly once per
-allowed call.
+(``on_bindings`` with no bindings) or, for a REGISTER or RRQ that the upstream refused or never
+answered, as soon as the signalling core says so (``release_reservation``); a call on
+``on_call_ended``, which the SIP node calls exactly once per allowed call.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from meter.licensing.calls import CallFacts, CallCharge, classify_call
 from meter.licensing.devices import DeviceCatalog
-from meter.licensing.ledger import Decision, Ledger
+from meter.licensing.ledger import ENFORCE, Decision, Ledger
 from meter.licensing.model import License, Media
 from meter.licensing.registrations import RegistrationFacts, classify_registration
 from meter.logs import log_event
@@ -29,30 +29,15 @@ from meter.zones import ZoneSettings, ZoneTable
 
 log = logging.getLogger("meter.metering")
 
-# A REGISTER forwarded upstream holds its license from the moment it is let through (so two
-# racing REGISTERs cannot both take the last license) until the upstream's 200 OK confirms it.
-# If no 200 OK comes (401 challenge never answered, 403, timeout), the reservation lapses after
-# 64*T1 = 32 s, the non-INVITE transaction timeout (RFC 3261 §17.1.2.2 Timer F).
-RESERVATION_SECONDS = 32.0
+# A REGISTER (or RRQ) forwarded upstream holds its license from the moment it is let through (so
+# two racing REGISTERs cannot both take the last license) until the upstream answers: its 2xx
+# confirms the reservation, a refusal (a 401 challenge, 403) or no answer (the core's Timer F)
+# releases it at once (``release_reservation``).
 # Usage history kept in the state directory for `meter licenses` (principle 4: durable usage).
 USAGE_RECORD_SECONDS = 60.0
 # Option keys set with `meter xconfiguration option N key K` while the node runs land in the
 # state directory; the node looks for them this often (one small SQLite read).
 KEY_POLL_SECONDS = 5.0
-
-# Refusals answer 503 (the ledger's hint: capacity, try later or elsewhere) with a Warning naming
-# the license (RFC 3261 §20.43, code 399: miscellaneous warning).
-REFUSAL_REASONS = {
-    "rms_exhausted": "No Rich Media Session license available",
-    "room_exhausted": "No Room System license available",
-    "desktop_exhausted": "No Desktop System license available",
-    "cmr_exhausted": "No CMR license available",
-    "peer_rms_limit": "Node at its RMS limit",
-    "node_call_capacity": "Node at its physical call capacity",
-    "node_registration_capacity": "Node at its registration capacity",
-    "node_mra_registration_capacity": "Node at its MRA registration capacity",
-    "registrations_blocked": "Registrations refused by licensing",
-}
 
 
 @dataclass(slots=True)
@@ -63,7 +48,7 @@ class RegistrationRecord:
     license: str
     device: str
     rules: tuple[str, ...]
-    reserved_until: float | None = None  # inline: waiting for the upstream's 200 OK
+    pending: bool = False  # inline: reserved, waiting for the upstream's answer
 
 
 @dataclass(slots=True)
@@ -79,28 +64,16 @@ class CallRecord:
     media: str = Media.SETUP
 
 
-@dataclass
-class Refusals:
-    """Refusals and would-be refusals, by (license, reason, enforcement): small fixed label sets."""
-
-    counts: Counter = field(default_factory=Counter)
-
-    def count(self, decision: Decision, enforcement: str) -> None:
-        self.counts[(str(decision.license), decision.reason, enforcement)] += 1
-
-
 class Metering:
     def __init__(self, ledger: Ledger, catalog: DeviceCatalog, zones: ZoneTable, *, role: str,
                  node_name: str, sip_mode: str = "standalone", licensing=None,
                  clock: Callable[[], float] = time.time):
         self.ledger, self.catalog, self.zones = ledger, catalog, zones
         self.role, self.node_name, self.sip_mode = role, node_name, sip_mode
-        self.licensing = licensing  # NodeLicensing (durable keys, mode), None in pure tests
+        self.licensing = licensing  # NodeLicensing (durable keys, license mode), None in pure tests
         self.clock = clock
         self.registrations: dict[tuple[str, str], RegistrationRecord] = {}
         self.calls: dict[tuple[str, str], CallRecord] = {}
-        self.refusals = Refusals()
-        self.sip_node = None
         # SIP AOR by "user" and "user@host": how an H.323 alias finds a SIP registration (C9).
         self._sip_names: dict[str, str] = {}
         self._next_key_change: float | None = None
@@ -108,32 +81,7 @@ class Metering:
         self._next_key_poll = 0.0
         self._key_rows: list | None = None
 
-    # ---- construction ------------------------------------------------------------------
-
-    @classmethod
-    def from_config(cls, config) -> "Metering":
-        from meter.licensing import platforms
-        from meter.licensing.node import NodeLicensing
-
-        node = config.node
-        now = time.time()
-        licensing = NodeLicensing.open(node.state_dir, product=node.product)
-        licensing.node_started(now)  # K3: restart-pending keys take effect now
-        cluster = config.cluster
-        if cluster.store == "redis":  # shared with the peers; PoolSync (meter.app) keeps it current
-            from meter.cluster.redis_pool import RedisPool
-
-            pool = RedisPool(peer_timeout=cluster.peer_timeout)
-        else:
-            from meter.cluster.pool import MemoryPool
-
-            pool = MemoryPool(peer_timeout=cluster.peer_timeout)
-        ledger = Ledger(node.name, node.role, platforms.get(node.platform), pool=pool,
-                        mode=config.licensing.enforcement, alarms=licensing.alarms, now=now)
-        metering = cls(ledger, DeviceCatalog.load(), ZoneTable(config.zones), role=node.role,
-                       node_name=node.name, sip_mode=config.sip.mode, licensing=licensing)
-        metering.refresh_licenses(now)
-        return metering
+    # ---- licenses ----------------------------------------------------------------------
 
     def refresh_licenses(self, now: float) -> None:
         """Feed the ledger the quantities of the option keys in force (K1, K5: demo keys expire)."""
@@ -143,7 +91,7 @@ class Metering:
         self.ledger.set_licenses(grants.quantities, now)
         self._next_key_change = self.licensing.next_change(now)
         log_event(log, "licenses.in_force", quantities=dict(grants.quantities))
-        if not grants.quantities and self.ledger.mode == "enforce":
+        if not grants.quantities and self.ledger.enforcement == ENFORCE:
             log_event(log, "licenses.none_in_enforce_mode", logging.WARNING,
                       hint="every registration and RMS call will be refused: install option keys "
                            "(meter xconfiguration option 1 key ...) or set [licensing] enforcement = \"observe\"")
@@ -157,9 +105,6 @@ class Metering:
         if not first:  # keys changed on disk (the CLI) since the node last looked
             self.licensing.keys.load(rows)
             self.refresh_licenses(now)
-
-    def attach_sip(self, sip_node) -> None:
-        self.sip_node = sip_node
 
     def sip_aor_for(self, name: str) -> str | None:
         """The SIP AOR registered here under ``name`` ("bob", "bob@lab.test" or "sip:bob@lab.test")."""
@@ -187,10 +132,6 @@ class Metering:
             self._reload_keys(now)
         if self._next_key_change is not None and now >= self._next_key_change:
             self.refresh_licenses(now)
-        lapsed = [k for k, r in self.registrations.items()
-                  if r.reserved_until is not None and r.reserved_until <= now]
-        for key in lapsed:
-            self._release_registration(key, "reservation lapsed", now)
         if self.licensing is not None and now >= self._next_usage_record:
             self._next_usage_record = now + USAGE_RECORD_SECONDS
             self.licensing.store.record_usage(self.ledger.snapshot(now).to_dict(), now)
@@ -204,7 +145,7 @@ class Metering:
         record = self.registrations.get(key)
         if record is not None:
             if not reserve:
-                record.reserved_until = None  # confirmed
+                record.pending = False  # confirmed
             return None
         charge = classify_registration(facts, self.catalog)
         decision = self.ledger.charge_registration(key, charge, now)
@@ -216,7 +157,7 @@ class Metering:
                 self._index_sip(alias, add=True)
             self.registrations[key] = RegistrationRecord(
                 alias, protocol, _device_class(charge.license), str(charge.license), device, decision.rules,
-                now + RESERVATION_SECONDS if reserve else None)
+                pending=reserve)
         return decision
 
     def _release_registration(self, key: tuple[str, str], cause: str, now: float) -> None:
@@ -240,6 +181,13 @@ class Metering:
 
     def release_registration(self, protocol: str, alias: str, cause: str, now: float) -> None:
         self._release_registration((protocol, alias), cause, now)
+
+    def release_reservation(self, protocol: str, alias: str, cause: str, now: float) -> None:
+        """The upstream refused or never answered: release what the request reserved, and only that
+        (an alias it confirmed earlier stays charged until it unregisters or expires)."""
+        record = self.registrations.get((protocol, alias))
+        if record is not None and record.pending:
+            self._release_registration((protocol, alias), cause, now)
 
     # ---- calls -------------------------------------------------------------------------
 
@@ -281,9 +229,8 @@ class Metering:
     # ---- shared ------------------------------------------------------------------------
 
     def _note(self, decision: Decision, what: str, **facts) -> None:
-        """Every decision is logged with its rule IDs; refusals are counted by reason."""
+        """Every decision is logged with its rule IDs (the ledger counts refusals)."""
         if decision.reason:
-            self.refusals.count(decision, "observe" if decision.observed else "enforce")
             log_event(log, f"{what}.{'would_refuse' if decision.observed else 'refused'}", logging.INFO,
                       reason=decision.reason, license=str(decision.license), rules=decision.rules, **facts)
         else:
@@ -295,7 +242,7 @@ class Metering:
     def registration_views(self) -> list[dict]:
         return [
             {"alias": r.alias, "protocol": r.protocol, "device_class": r.device_class, "license": r.license,
-             "device": r.device, "rules": list(r.rules), "pending": r.reserved_until is not None}
+             "device": r.device, "rules": list(r.rules), "pending": r.pending}
             for r in self.registrations.values()
         ]
 

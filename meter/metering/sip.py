@@ -10,25 +10,27 @@ from meter.codecs import sdp
 from meter.licensing.calls import CallFacts
 from meter.licensing.registrations import RegistrationFacts
 from meter.licensing.ledger import Decision
-from meter.metering.join import REFUSAL_REASONS, Metering, zone_registration
-from meter.sip.policy import ALLOW, CallInfo, RegisterInfo, Verdict
+from meter.metering.join import Metering, zone_registration
+from meter.sip.hooks import ALLOW, CallInfo, RegisterInfo, Verdict
 from meter.zones import LOCAL, ZoneSettings
 
 
 def sip_verdict(decision: Decision) -> Verdict:
+    """ALLOW, or the refusal table's answer (``meter.licensing.refusals``): 503 with its words."""
     if decision.ok:
         return ALLOW
-    text = REFUSAL_REASONS.get(decision.reason, decision.reason)
-    # The SIP node wraps this as `Warning: 399 <its host:port> "<text>"` (RFC 3261 §20.43).
-    warning = f'{text} ({decision.reason}; rules {",".join(decision.rules)})'
-    return Verdict.refuse(decision.status or 503, f"Service Unavailable - {text}", warning)
+    refusal = decision.refusal
+    # The SIP node wraps the warning as `Warning: 399 <its host:port> "<text>"` (RFC 3261 §20.43).
+    return Verdict.refuse(refusal.sip_status, refusal.sip_phrase, refusal.warning(decision.rules))
 
 
 class SipMetering:
-    """The SIP node's policy: registrations per AOR (R9), calls per Call-ID (C1-C11)."""
+    """The SIP node's hooks: registrations per AOR (R9), calls per Call-ID (C1-C11). ``inline``:
+    the node fronts a lab registrar, which places every alias it does not know itself."""
 
-    def __init__(self, metering: Metering):
+    def __init__(self, metering: Metering, *, inline: bool = False):
         self.m = metering
+        self.inline = inline
 
     # -- registrations
     def on_register(self, info: RegisterInfo) -> Verdict:
@@ -39,8 +41,11 @@ class SipMetering:
         # Several contacts: `expires` is the first one's, and another may still bind: charge.
         m = self.m
         facts = RegistrationFacts(m.role, "sip", "direct", 1, info.user_agent)
-        decision = m.charge_registration("sip", info.aor, facts, m.clock(), reserve=info.mode == "inline")
+        decision = m.charge_registration("sip", info.aor, facts, m.clock(), reserve=info.forwarded)
         return ALLOW if decision is None else sip_verdict(decision)
+
+    def on_register_failed(self, aor: str, call_id: str, cause: str) -> None:
+        self.m.release_reservation("sip", aor, f"upstream {cause}", self.m.clock())
 
     def on_bindings(self, aor, bindings, user_agent, source, now) -> None:
         m = self.m
@@ -69,7 +74,7 @@ class SipMetering:
             return zone.kind, zone_registration(zone)
         if ("sip", info.from_aor) in self.m.registrations or ("h323", info.from_aor) in self.m.registrations:
             return LOCAL, self.m.role
-        if self.m.sip_mode == "inline" and self._from_upstream(info):
+        if self.inline and info.from_upstream:
             return LOCAL, self.m.role  # registered on the lab registrar the node fronts
         return "external", ""
 
@@ -79,13 +84,9 @@ class SipMetering:
         zone = self.m.zones.for_uri(info.request_uri, _uri_host(info.request_uri))
         if zone is not None:
             return zone.kind, zone_registration(zone), zone
-        if self.m.sip_mode == "inline":
+        if self.inline:
             return LOCAL, self.m.role, None  # the lab registrar behind the node places it
         return "external", "", None
-
-    def _from_upstream(self, info: CallInfo) -> bool:
-        core = getattr(self.m.sip_node, "core", None)
-        return bool(core and core._from_upstream(info.source))
 
     def route(self, request_uri: str) -> str | None:
         zone = self.m.zones.for_uri(request_uri, _uri_host(request_uri))

@@ -21,7 +21,7 @@ class Clock(Protocol):
         """Monotonic seconds, for timers and expiries."""
 
     def wall(self) -> float:
-        """Seconds since the epoch, for what the policy and the API show."""
+        """Seconds since the epoch, for what the hooks and the API show."""
 
     def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> TimerHandle: ...
 

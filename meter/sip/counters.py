@@ -31,7 +31,7 @@ class SipCounters:
     stray_responses: int = 0  # responses matching no client transaction
     keepalives: int = 0  # CRLF keep-alives (RFC 5626 §3.5.1)
     loops_detected: int = 0
-    policy_errors: int = 0  # exceptions raised by the policy hooks
+    hook_errors: int = 0  # exceptions raised by the metering hooks
     internal_errors: int = 0  # exceptions caught in a callback (a bug, not the peer's fault)
     send_errors: int = 0
     sessions_expired: int = 0  # calls ended by the node when their RFC 4028 session interval ran out

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from meter.sip.peer import Peer
-from meter.sip.policy import CallInfo
+from meter.sip.hooks import CallInfo
 from meter.sip.session_timer import NO_OFFER, NO_SESSION, Offer, Session
 
 # Call states, in the order a call moves through them.
@@ -57,7 +57,7 @@ class Call:
     state: str = TRYING
     dialogs: dict[str, Dialog] = field(default_factory=dict)
     info: CallInfo | None = None
-    """The CallInfo the policy allowed, to ask again if a late 2xx re-opens the call."""
+    """The CallInfo the hooks allowed, to ask again if a late 2xx re-opens the call."""
     invite_cseq: int = 0
     offer: Offer = NO_OFFER
     """What the node forwarded of RFC 4028 in the initial INVITE (for §8.2 on a late 2xx)."""
@@ -85,7 +85,7 @@ class Call:
     gave_up: bool = False
     """The node answered the caller for a branch that never gave a final answer (timeout, CANCEL guard)."""
     refused: bool = False
-    """A late 2xx re-asked the policy and was refused: later copies are only forwarded."""
+    """A late 2xx re-asked the hooks and was refused: later copies are only forwarded."""
 
     @property
     def key(self) -> tuple[str, str]:

@@ -1,9 +1,9 @@
 """The SIP node: binds UDP and TCP, wires them to the sans-I/O core, exposes read-only views.
 
-    node = SipNode(settings, policy)
+    node = SipNode(settings, hooks)
     await node.start()      # binds; node.port is the port actually bound
     ...
-    await node.close()      # ends every call and binding through the policy ("node shutdown")
+    await node.close()      # ends every call and binding through the hooks ("node shutdown")
 
 Works on uvloop (the lead's runner installs it) and on the default asyncio loop.
 """
@@ -14,6 +14,7 @@ import asyncio
 import ipaddress
 import logging
 import socket
+from typing import Callable
 
 from meter.sockets import primary_address
 from meter.codecs.sip import DEFAULT_LIMITS, Limits
@@ -22,18 +23,22 @@ from meter.sip.clock import LoopClock
 from meter.sip.core import SipCore
 from meter.sip.counters import SipCounters
 from meter.sip.peer import Peer
-from meter.sip.policy import SipPolicy
+from meter.sip.hooks import SipHooks
 from meter.sip.routing import Advertised, is_ip
 from meter.sip.settings import SipSettings
-from meter.sip.transport import Transports
+from meter.sip.transport import Receiver, Transports
 
 log = logging.getLogger("meter.sip")
 
 
 class SipNode:
-    def __init__(self, settings: SipSettings | None = None, policy: SipPolicy | None = None) -> None:
+    def __init__(self, settings: SipSettings | None = None, hooks: SipHooks | None = None, *,
+                 wrap_receiver: Callable[[Receiver], Receiver] | None = None) -> None:
         self.settings = settings or SipSettings()
-        self.policy = policy
+        self.hooks = hooks
+        # What the sockets hand each message to: the core, or a wrapper around it (the app's
+        # latency timing), chosen by whoever builds the node rather than patched in afterwards.
+        self._wrap_receiver = wrap_receiver
         self.counters = SipCounters()
         self.core: SipCore | None = None
         self._transports: Transports | None = None
@@ -64,8 +69,8 @@ class SipNode:
                 host = infos[0][4][0]
             upstream = Peer(s.upstream_transport, host, port)
         self.core = SipCore(s, clock=LoopClock(loop), send=transports.send, advertised=advertised,
-                            policy=self.policy, local_names=local_names, upstream=upstream, counters=self.counters)
-        transports.receiver = self.core
+                            hooks=self.hooks, local_names=local_names, upstream=upstream, counters=self.counters)
+        transports.receiver = self._wrap_receiver(self.core) if self._wrap_receiver else self.core
         self.core.start()
         log_event(log, "sip.started", host=s.host, port=self.port, mode=s.mode, advertised=advertised.hostport,
                   upstream=str(upstream) if upstream else "", udp=s.udp, tcp=s.tcp)
@@ -102,7 +107,7 @@ class SipNode:
             out["retransmissions_sent"] = self.core.txns.retransmissions
             out["transaction_timeouts"] = self.core.txns.timeouts
             out["transaction_errors"] = self.core.txns.errors
-            out["bindings"] = len(self.core.registrar)
+            out["bindings"] = len(self.core.location)
             out["calls"] = len(self.core.dialogs)
         if self._transports is not None:
             out["tcp_connections"] = len(self._transports.by_id)

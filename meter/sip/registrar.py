@@ -1,259 +1,130 @@
-"""Bindings per address of record: the standalone registrar (RFC 3261 §10.3) and, inline, what
-was learned from the upstream registrar's 200 OK. Sans-I/O: ``now`` is an argument.
+"""REGISTER handling (RFC 3261 §10.3; Kamailio's registrar): standalone, the node is the registrar
+and writes the location service; inline, it forwards the REGISTER upstream and learns the
+bindings from the upstream's 200 OK.
 
-Lookups are O(1) by AOR and by contact; expiry pops a heap, so a housekeeping tick costs only
-what actually expired.
+Order matters for the licence: standalone, the registrar's own checks (Min-Expires, contact
+limits, out-of-order CSeq) run before the metering hook is asked, so a REGISTER the registrar
+refuses never charges. Inline, the hook's charge is a reservation that the upstream's answer
+settles: its 2xx confirms it (``on_bindings``), a final non-2xx or no answer releases it at once
+(``on_register_failed``).
 """
 
 from __future__ import annotations
 
-import heapq
-import itertools
-from dataclasses import dataclass, field
+import logging
+from typing import Callable
 
-from meter.codecs.sip import URI, NameAddr
+from meter.codecs.sip import Request, Response, SIPError
+from meter.hooks import HookCaller
+from meter.logs import log_event
+from meter.sip.clock import Clock
+from meter.sip.hooks import HOOK_FAILED, BindingInfo, RegisterInfo, SipHooks, Verdict
+from meter.sip.location import Change, LocationService, RegistrarError, RegisterRequest, contact_key
+from meter.sip.outcome import Outcome
 from meter.sip.peer import Peer
+from meter.sip.transaction import ServerTransaction
 
-# One AOR with more bindings than this is refused (503): it bounds the memory one client can take.
-# Kamailio's max_contacts is unlimited by default; real devices register 1-3 contacts, a room system
-# with shared lines fewer than 10.
-MAX_BINDINGS_PER_AOR = 32
-
-
-class RegistrarError(Exception):
-    """A REGISTER the registrar refuses: status, reason phrase and extra response headers."""
-
-    def __init__(self, status: int, reason: str, headers: tuple[tuple[str, str], ...] = ()) -> None:
-        super().__init__(f"{status} {reason}")
-        self.status = status
-        self.reason = reason
-        self.headers = headers
-
-
-def contact_key(uri: URI) -> tuple:
-    """What identifies a contact for binding updates and Request-URI matches (RFC 3261 §10.3
-    step 7 compares URIs per §19.1.4; user, host and port decide for the URIs devices send)."""
-    default = 5061 if uri.scheme == "sips" else 5060
-    return (uri.scheme, uri.user, uri.host.lower(), uri.port or default)
-
-
-@dataclass(slots=True)
-class Binding:
-    aor: str
-    uri: URI
-    params: dict[str, str | None]
-    """Contact parameters other than expires (q, +sip.instance, reg-id...), reflected in the 200."""
-    expires_at: float
-    call_id: str
-    cseq: int
-    source: Peer | None
-    """Where the REGISTER came from; a TCP binding is reached back through that connection."""
-    user_agent: str
-    key: tuple = field(default=())
-    contact: str = ""
-    """The contact URI as text."""
-    _value: str = ""  # "<uri>;params" without expires, built once: every 200 OK lists it
-
-    def __post_init__(self) -> None:
-        if not self.contact:
-            self.contact = str(self.uri)
-        self._value = str(NameAddr(None, self.uri, self.params))
-
-    def remaining(self, now: float) -> int:
-        return max(0, int(self.expires_at - now + 0.5))
-
-    def contact_value(self, now: float) -> str:
-        """The binding as a Contact value for a 200 OK (RFC 3261 §10.3 step 8)."""
-        return f"{self._value};expires={self.remaining(now)}"
-
-
-@dataclass(frozen=True, slots=True)
-class RegisterRequest:
-    """What the registrar needs from a REGISTER (RFC 3261 §10.3)."""
-
-    aor: str
-    contacts: tuple[NameAddr, ...]
-    star: bool
-    expires: int | None
-    """The Expires header, if any."""
-    call_id: str
-    cseq: int
-    source: Peer | None
-    user_agent: str
-
-
-@dataclass(frozen=True, slots=True)
-class Change:
-    """The bindings of one AOR after a change (empty: no longer registered)."""
-
-    aor: str
-    bindings: tuple[Binding, ...]
-    user_agent: str
-    source: Peer | None
+log = logging.getLogger("meter.sip")
 
 
 class Registrar:
-    def __init__(self, min_expires: int = 60, max_expires: int = 3600, default_expires: int = 3600) -> None:
-        self.min_expires = min_expires
-        self.max_expires = max_expires
-        self.default_expires = default_expires
-        self._aors: dict[str, dict[tuple, Binding]] = {}
-        self._by_contact: dict[tuple, Binding] = {}
-        self._known: set[str] = set()  # AORs that ever had a binding: 480 rather than 404 for them
-        self._heap: list[tuple[float, int, str, tuple]] = []
-        self._seq = itertools.count()
+    def __init__(self, location: LocationService, *, hooks: SipHooks, guard: HookCaller, clock: Clock,
+                 upstream: Peer | None, reply: Callable, refuse: Callable, forward_upstream: Callable) -> None:
+        self.location = location
+        self.hooks = hooks
+        self.guard = guard
+        self.clock = clock
+        self.upstream = upstream
+        self._reply = reply          # (txn, status, reason=None, headers=())
+        self._refuse = refuse        # (txn, verdict)
+        self._forward_upstream = forward_upstream  # (txn, req, outcome)
 
-    # -- reading --------------------------------------------------------------------------------
-
-    def lookup(self, aor: str, now: float) -> list[Binding]:
-        """Live bindings of ``aor``, highest q first (RFC 3261 §16.6: the order to try)."""
-        table = self._aors.get(aor)
-        if not table:
-            return []
-        live = [b for b in table.values() if b.expires_at > now]
-        live.sort(key=lambda b: -_q(b))
-        return live
-
-    def by_contact(self, uri: URI, now: float) -> Binding | None:
-        b = self._by_contact.get(contact_key(uri))
-        return b if b is not None and b.expires_at > now else None
-
-    def is_known(self, aor: str) -> bool:
-        return aor in self._known
-
-    def bindings(self) -> list[Binding]:
-        return [b for table in self._aors.values() for b in table.values()]
-
-    def __len__(self) -> int:
-        return len(self._by_contact)
-
-    @property
-    def aor_count(self) -> int:
-        return len(self._aors)
-
-    # -- standalone REGISTER (RFC 3261 §10.3) ------------------------------------------------------
-
-    def expires_for(self, contact: NameAddr | None, header: int | None) -> int:
-        """RFC 3261 §10.3 step 6: the contact's expires parameter, else the Expires header, else the default."""
-        if contact is not None and contact.expires is not None:
-            return contact.expires
-        if header is not None:
-            return header
-        return self.default_expires
-
-    def register(self, req: RegisterRequest, now: float) -> Change | None:
-        """Apply one REGISTER atomically; returns the AOR's bindings afterwards, or None for a
-        query (no Contact). Raises :class:`RegistrarError` for 400/423/500/503."""
-        table = self._aors.get(req.aor, {})
-        if req.star:
-            # RFC 3261 §10.3 step 6: "*" only with Expires: 0 and no other Contact.
-            if req.expires != 0 or req.contacts:
-                raise RegistrarError(400, "Bad Request - Contact * needs Expires: 0 and no other Contact")
-            for key, b in list(table.items()):
-                if b.call_id == req.call_id and req.cseq <= b.cseq:
-                    continue  # step 6: only bindings this request is newer than
-                self._drop(req.aor, key)
-            return self._change(req.aor, now, req.user_agent, req.source)
-        if not req.contacts:
-            return None  # RFC 3261 §10.2.3: a query; the 200 lists the bindings
-        plan: list[tuple[tuple, NameAddr, int]] = []
-        for contact in req.contacts:
-            expires = self.expires_for(contact, req.expires)
-            if 0 < expires < self.min_expires:
-                # RFC 3261 §10.3 step 6: 423 Interval Too Brief with Min-Expires.
-                raise RegistrarError(423, "Interval Too Brief", (("Min-Expires", str(self.min_expires)),))
-            key = contact_key(contact.uri)
-            old = table.get(key)
-            if old is not None and old.call_id == req.call_id and req.cseq <= old.cseq:
-                # RFC 3261 §10.3 step 7: same Call-ID and not a higher CSeq: abort the whole update.
-                raise RegistrarError(500, "Server Internal Error - out-of-order REGISTER")
-            plan.append((key, contact, min(expires, self.max_expires)))
-        adding = sum(1 for key, _, e in plan if e and key not in table)
-        if len(table) + adding > MAX_BINDINGS_PER_AOR:
-            raise RegistrarError(503, "Service Unavailable - too many contacts for this address")
-        for key, contact, expires in plan:
-            if expires == 0:
-                self._drop(req.aor, key)
-            else:
-                params = {k: v for k, v in contact.params.items() if k != "expires"}
-                self._put(Binding(req.aor, contact.uri, params, now + expires, req.call_id, req.cseq,
-                                  req.source, req.user_agent, key))
-        return self._change(req.aor, now, req.user_agent, req.source)
-
-    # -- inline: learned from the upstream's 200 OK --------------------------------------------------
-
-    def learn(self, aor: str, contacts: list[tuple[NameAddr, int]], *, call_id: str, cseq: int,
-              source: Peer | None, sent: set[tuple], user_agent: str, now: float) -> Change:
-        """The upstream's 200 OK lists every binding of ``aor`` (RFC 3261 §10.3 step 8): replace ours.
-        Contacts the forwarded REGISTER carried (``sent`` keys) are reached through ``source``."""
-        old = self._aors.get(aor, {})
-        fresh: dict[tuple, Binding] = {}
-        for contact, expires in contacts:
-            if expires <= 0:
-                continue
-            key = contact_key(contact.uri)
-            prev = old.get(key)
-            src = source if key in sent else (prev.source if prev is not None else None)
-            ua = user_agent if key in sent else (prev.user_agent if prev is not None else "")
-            params = {k: v for k, v in contact.params.items() if k != "expires"}
-            fresh[key] = Binding(aor, contact.uri, params, now + expires, call_id, cseq, src, ua, key)
-        for key in list(old):
-            if key not in fresh:
-                self._drop(aor, key)
-        for b in fresh.values():
-            self._put(b)
-        return self._change(aor, now, user_agent, source)
-
-    # -- expiry and shutdown ---------------------------------------------------------------------
-
-    def expire(self, now: float) -> list[Change]:
-        """Drop bindings whose time is up; one Change per AOR that lost any."""
-        touched: dict[str, Binding] = {}
-        heap = self._heap
-        while heap and heap[0][0] <= now:
-            when, _, aor, key = heapq.heappop(heap)
-            b = self._aors.get(aor, {}).get(key)
-            if b is None or b.expires_at != when:
-                continue  # refreshed or removed since: a stale heap entry
-            self._drop(aor, key)
-            touched[aor] = b
-        return [self._change(aor, now, b.user_agent, b.source) for aor, b in touched.items()]
-
-    def clear(self) -> list[Change]:
-        """Forget every binding (node shutdown): one empty Change per AOR."""
-        changes = []
-        for aor, table in list(self._aors.items()):
-            last = next(iter(table.values()), None)
-            changes.append(Change(aor, (), last.user_agent if last else "", last.source if last else None))
-        self._aors.clear()
-        self._by_contact.clear()
-        self._heap.clear()
-        return changes
-
-    # -- internals -------------------------------------------------------------------------------
-
-    def _put(self, b: Binding) -> None:
-        self._aors.setdefault(b.aor, {})[b.key] = b
-        self._by_contact[b.key] = b
-        self._known.add(b.aor)
-        heapq.heappush(self._heap, (b.expires_at, next(self._seq), b.aor, b.key))
-
-    def _drop(self, aor: str, key: tuple) -> None:
-        table = self._aors.get(aor)
-        if table is None:
+    def on_register(self, txn: ServerTransaction, req: Request, source: Peer) -> None:
+        aor = req.to.uri.aor
+        star = req.is_star_contact
+        contacts = tuple(req.contacts)
+        ua = req.user_agent or ""
+        rr = RegisterRequest(aor, contacts, star, req.expires, req.call_id, req.cseq.number, source, ua)
+        plan = None
+        if self.upstream is None:
+            try:
+                plan = self.location.check(rr)  # before the hook: a refused REGISTER never charges
+            except RegistrarError as err:
+                self._reply(txn, err.status, err.reason, headers=list(err.headers))
+                return
+        expires = 0 if star else self.location.expires_for(contacts[0] if contacts else None, req.expires)
+        info = RegisterInfo(aor, ("*",) if star else tuple(str(c.uri) for c in contacts), ua, source, expires,
+                            req.call_id, forwarded=plan is None)
+        verdict = self.guard.ask(self.hooks.on_register, info, on_error=HOOK_FAILED, expect=Verdict)
+        if not verdict.allowed:
+            self._refuse(txn, verdict)
             return
-        b = table.pop(key, None)
-        if not table:
-            del self._aors[aor]
-        if b is not None and self._by_contact.get(key) is b:
-            del self._by_contact[key]
+        if plan is None:
+            sent = {contact_key(c.uri) for c in contacts}
+            self._forward_upstream(txn, req, InlineRegister(self, aor, sent, req.call_id, req.cseq.number, source, ua))
+            return
+        now = self.clock.time()
+        change = self.location.apply(plan, now)
+        bindings = change.bindings if change is not None else self.location.lookup(aor, now)
+        self._reply(txn, 200, headers=[("Contact", b.contact_value(now)) for b in bindings])
+        if change is not None:
+            log_event(log, "sip.registered", logging.DEBUG, aor=aor, bindings=len(change.bindings))
+            self.bindings_changed(change)
 
-    def _change(self, aor: str, now: float, user_agent: str, source: Peer | None) -> Change:
-        return Change(aor, tuple(self.lookup(aor, now)), user_agent, source)
+    def learn(self, reg: InlineRegister, resp: Response) -> None:
+        """Inline: the upstream's 200 OK lists the AOR's bindings and their expiries (RFC 3261 §10.3 step 8)."""
+        header = resp.expires
+        entries = [(c, self.location.expires_for(c, header)) for c in resp.contacts]
+        change = self.location.learn(reg.aor, entries, call_id=reg.call_id, cseq=reg.cseq, source=reg.source,
+                                     sent=reg.sent, user_agent=reg.user_agent, now=self.clock.time())
+        self.bindings_changed(change)
+
+    def failed_upstream(self, reg: InlineRegister, status: int, cause: str) -> None:
+        log_event(log, "sip.upstream.register_failed", logging.INFO, aor=reg.aor, status=status)
+        self.guard.notify(self.hooks.on_register_failed, reg.aor, reg.call_id, cause)
+
+    def bindings_changed(self, change: Change) -> None:
+        now = self.clock.time()
+        infos = tuple(BindingInfo(b.contact, b.remaining(now), b.source, b.user_agent) for b in change.bindings)
+        self.guard.notify(self.hooks.on_bindings, change.aor, infos, change.user_agent, change.source,
+                          self.clock.wall())
+
+    def expire(self, now: float) -> None:
+        for change in self.location.expire(now):
+            log_event(log, "sip.binding.expired", aor=change.aor, left=len(change.bindings))
+            self.bindings_changed(change)
+
+    def close(self) -> None:
+        """Node shutdown: every binding ends through the hooks."""
+        for change in self.location.clear():
+            self.bindings_changed(change)
+
+    def views(self) -> list[dict]:
+        now = self.clock.time()
+        return [
+            {"aor": b.aor, "contact": b.contact, "expires": b.remaining(now), "source": str(b.source) if b.source else "",
+             "user_agent": b.user_agent}
+            for b in self.location.bindings() if b.expires_at > now
+        ]
 
 
-def _q(b: Binding) -> float:
-    try:
-        return float(b.params.get("q") or 1.0)
-    except ValueError:
-        return 1.0
+class InlineRegister(Outcome):
+    """A REGISTER forwarded upstream: its 2xx teaches the bindings, anything else releases what it
+    reserved (RFC 3261 §10.3 step 8; Timer F's 408 included)."""
+
+    __slots__ = ("registrar", "aor", "sent", "call_id", "cseq", "source", "user_agent")
+
+    def __init__(self, registrar: Registrar, aor: str, sent: set, call_id: str, cseq: int, source: Peer,
+                 user_agent: str) -> None:
+        self.registrar = registrar
+        self.aor, self.sent, self.call_id, self.cseq = aor, sent, call_id, cseq
+        self.source, self.user_agent = source, user_agent
+
+    def success(self, resp: Response, branch_peer, branch_uri: str) -> None:
+        try:
+            self.registrar.learn(self, resp)
+        except SIPError as err:
+            log_event(log, "sip.upstream.bad_register_answer", logging.WARNING, reason=err.reason)
+
+    def failed(self, status: int, cause: str) -> None:
+        self.registrar.failed_upstream(self, status, cause)

@@ -45,13 +45,22 @@ def uri_peer(uri: URI, default_transport: str = "udp") -> Peer:
     return Peer(transport, host, uri.port or default_port(uri.scheme, transport))
 
 
-def via_peer(via: Via, source: Peer | None = None) -> Peer:
-    """Where a response goes (RFC 3261 §18.2.2, RFC 3581 §4): received/rport, else sent-by."""
+def over_flow(peer: Peer, flow: Peer | None) -> Peer:
+    """The connection-reuse rule, in one place: a message for an endpoint goes back over the
+    connection its requests came on (``flow``) while that connection lasts (RFC 3261 §18.2.2 for
+    responses, RFC 5923 §6 for requests to it), when it leaves over that same transport; otherwise
+    the transport adapter uses or opens a connection keyed by (transport, host, port)."""
+    if flow is None or flow.conn is None or flow.transport != peer.transport:
+        return peer
+    return Peer(peer.transport, peer.host, peer.port, flow.conn)
+
+
+def via_peer(via: Via) -> Peer:
+    """Where a response goes when its server transaction is gone (RFC 3261 §18.2.2, RFC 3581 §4):
+    received/rport, else sent-by."""
     transport = via.transport.lower()
     host = strip_brackets(via.received or via.host)
     port = via.rport or via.port or default_port("sip", transport)
-    if source is not None and transport == source.transport and transport != "udp":
-        return source  # §18.2.2: reliable transport -> the connection the request came on
     return Peer(transport, host, port)
 
 

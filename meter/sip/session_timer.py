@@ -7,7 +7,7 @@ A proxy has no session of its own; what it does (RFC 4028 §8) is:
 - on the 2xx learn the interval the two ends settled on, filling it in for a UAS that ignores
   the extension when the UAC can refresh (:func:`plan_response`, §8.2).
 
-The node then ends, through the policy, a call whose interval runs out with no refresh (§10):
+The node then ends, through the hooks, a call whose interval runs out with no refresh (§10):
 that is what lets a lost BYE cost a license for one session interval instead of a day.
 """
 

@@ -2,7 +2,7 @@
 
 UDP: one ``DatagramProtocol``, one message per datagram (RFC 3261 §18.3). TCP: one ``Protocol``
 per connection framing by Content-Length with the codec's ``StreamReader``; connections are
-indexed by id and by remote address so responses and later requests reuse them (RFC 3261
+indexed by id and by (transport, host, port) so responses and later requests reuse them (RFC 3261
 §18.2.2, RFC 5923). Outbound connections are opened on demand (one task per connection attempt,
 not per message) and what was sent meanwhile is queued.
 """
@@ -30,6 +30,15 @@ TCP_CONNECT_TIMEOUT = 5.0
 MAX_PENDING_PER_CONNECTION = 256
 # Resolved names are kept this long: a lab's names rarely move, and a minute bounds staleness.
 DNS_CACHE_SECONDS = 60.0
+
+# A connection's address key: (transport, host, port). The transport is part of it so a TCP and a
+# TLS connection to one address never take each other's place: what must go over TLS never
+# leaves over plain TCP, and closing one never unindexes the other.
+ConnectionKey = tuple[str, str, int]
+
+
+def connection_key(peer: Peer) -> ConnectionKey:
+    return peer.transport, peer.host, peer.port
 
 
 class Receiver(Protocol):
@@ -72,13 +81,13 @@ class UdpEndpoint(asyncio.DatagramProtocol):
 
 
 class TcpConnection(asyncio.Protocol):
-    def __init__(self, transports: "Transports", target: tuple[str, int] | None = None) -> None:
+    def __init__(self, transports: "Transports", target: ConnectionKey | None = None) -> None:
         self._t = transports
         self.id = next(transports.ids)
-        self.target = target  # the address we dialled, for outbound connections
+        self.target = target  # the key we dialled, for outbound connections
         self.transport: asyncio.Transport | None = None
-        self.remote: tuple[str, int] = ("", 0)
         self.peer = Peer("tcp", "", 0, self.id)
+        self.remote: ConnectionKey = connection_key(self.peer)
         self.reader = StreamReader(transports.limits)
         self.last_active = transports.loop.time()
         self._pings = 0
@@ -86,8 +95,8 @@ class TcpConnection(asyncio.Protocol):
     def connection_made(self, transport) -> None:
         self.transport = transport
         addr = transport.get_extra_info("peername") or ("", 0)
-        self.remote = (addr[0], addr[1])
         self.peer = Peer("tcp", addr[0], addr[1], self.id)
+        self.remote = connection_key(self.peer)
         if not self._t.register(self):
             transport.abort()
 
@@ -140,8 +149,8 @@ class Transports:
         self.udp: asyncio.DatagramTransport | None = None
         self.tcp_server: asyncio.AbstractServer | None = None
         self.by_id: dict[int, TcpConnection] = {}
-        self.by_addr: dict[tuple[str, int], TcpConnection] = {}
-        self._connecting: dict[tuple[str, int], list[bytes]] = {}
+        self.by_addr: dict[ConnectionKey, TcpConnection] = {}
+        self._connecting: dict[ConnectionKey, list[bytes]] = {}
         self._dns: dict[str, tuple[str, float]] = {}
         self._resolving: dict[str, list[tuple[bytes, Peer]]] = {}
         self._tasks: set[asyncio.Task] = set()
@@ -221,14 +230,14 @@ class Transports:
             return
         conn = self.by_id.get(peer.conn) if peer.conn is not None else None
         if conn is None:
-            conn = self.by_addr.get((peer.host, peer.port))
+            conn = self.by_addr.get(connection_key(peer))
         if conn is not None and conn.transport is not None and not conn.transport.is_closing():
             conn.write(data)
             return
-        self._connect_and_send((peer.host, peer.port), data)
+        self._connect_and_send(connection_key(peer), data)
 
-    def _connect_and_send(self, addr: tuple[str, int], data: bytes) -> None:
-        queue = self._connecting.get(addr)
+    def _connect_and_send(self, key: ConnectionKey, data: bytes) -> None:
+        queue = self._connecting.get(key)
         if queue is not None:
             if len(queue) < MAX_PENDING_PER_CONNECTION:
                 queue.append(data)
@@ -238,21 +247,22 @@ class Transports:
         if len(self.by_id) >= self._max_conns:
             self.send_error()
             return
-        self._connecting[addr] = [data]
-        self._spawn(self._connect(addr))
+        self._connecting[key] = [data]
+        self._spawn(self._connect(key))
 
-    async def _connect(self, addr: tuple[str, int]) -> None:
+    async def _connect(self, key: ConnectionKey) -> None:
+        transport, host, port = key
         try:
             _, conn = await asyncio.wait_for(
-                self.loop.create_connection(lambda: TcpConnection(self, addr), addr[0], addr[1]),
+                self.loop.create_connection(lambda: TcpConnection(self, key), host, port),
                 TCP_CONNECT_TIMEOUT)
         except (OSError, asyncio.TimeoutError) as exc:
-            dropped = self._connecting.pop(addr, [])
+            dropped = self._connecting.pop(key, [])
             self.stats.send_errors += len(dropped)
-            log.info("sip.tcp.connect_failed", extra={"facts": {"peer": f"{addr[0]}:{addr[1]}", "error": str(exc)}})
-            self._unreachable(Peer("tcp", addr[0], addr[1]))
+            log.info("sip.tcp.connect_failed", extra={"facts": {"peer": f"{host}:{port}", "error": str(exc)}})
+            self._unreachable(Peer(transport, host, port))
             return
-        for data in self._connecting.pop(addr, []):
+        for data in self._connecting.pop(key, []):
             conn.write(data)
 
     def _send_by_name(self, data: bytes, peer: Peer) -> None:
@@ -311,9 +321,9 @@ class Transports:
 
     def unregister(self, conn: TcpConnection) -> None:
         self.by_id.pop(conn.id, None)
-        for addr in (conn.remote, conn.target):
-            if addr is not None and self.by_addr.get(addr) is conn:
-                del self.by_addr[addr]
+        for key in (conn.remote, conn.target):
+            if key is not None and self.by_addr.get(key) is conn:
+                del self.by_addr[key]
 
     def _schedule_sweep(self) -> None:
         self._sweep_handle = self.loop.call_later(min(self._idle / 2, 30.0), self._sweep)

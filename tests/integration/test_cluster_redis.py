@@ -19,18 +19,18 @@ from pathlib import Path
 import pytest
 import redis
 
-from meter.cluster.pool import GRACE_SECONDS, PEER_TIMEOUT_SECONDS
 from meter.cluster.redis_pool import RedisPool
 from meter.cluster.sync import PEER_KEY_TTL_SECONDS, PoolSync
-from meter.licensing import platforms
+from meter import catalogs
 from meter.licensing.calls import CallFacts, classify_call
 from meter.licensing.ledger import Ledger
 from meter.licensing.model import License
+from meter.licensing.pool import GRACE_SECONDS, PEER_TIMEOUT_SECONDS
 from tests.integration.peers import stop_process
 
 pytestmark = pytest.mark.integration
 
-LARGE = platforms.get("large_vm")
+LARGE = catalogs.platform("large_vm")
 VIDEO = classify_call(CallFacts("E", "local", "E", "sip", "external", "", "sip", m_lines=2))
 DAY = 24 * 3600.0
 REDIS_SERVER = "/usr/bin/redis-server"

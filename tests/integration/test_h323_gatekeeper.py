@@ -16,7 +16,7 @@ from meter.codecs.ras import Alias, TransportAddress
 from meter.h323.node import RasNode
 from meter.h323.settings import H323Settings
 from tests.integration.conftest import run
-from tests.rasclient import Endpoint, RasClient, RecordingPolicy
+from tests.rasclient import Endpoint, RasClient, RecordingHooks
 from tests.integration.peers import async_wait_until as wait_until
 
 pytestmark = pytest.mark.integration
@@ -26,11 +26,11 @@ MCU_ALIASES = [("h323-ID", f"conference-{i}") for i in range(9)] + [("dialledDig
 
 
 @contextlib.asynccontextmanager
-async def running_node(policy=None, **settings):
+async def running_node(hooks=None, **settings):
     """A RasNode on 127.0.0.1, a free port, fast housekeeping unless told otherwise."""
     kw = dict(host="127.0.0.1", ras_port=0, housekeeping_interval=0.05)
     kw.update(settings)
-    node = RasNode(H323Settings(**kw), policy)
+    node = RasNode(H323Settings(**kw), hooks)
     await node.start()
     try:
         yield node
@@ -41,8 +41,8 @@ async def running_node(policy=None, **settings):
 @pytest.mark.parametrize("loop", LOOPS)
 def test_standalone_registrations_calls_keepalive_expiry_and_shutdown(loop):
     async def scenario():
-        policy = RecordingPolicy()
-        async with running_node(policy) as node:
+        hooks = RecordingHooks()
+        async with running_node(hooks) as node:
             gk = ("127.0.0.1", node.port)
             alice = await RasClient.open(gk, [("h323-ID", "alice"), ("dialledDigits", "1000")])
             bob = await RasClient.open(gk, [("h323-ID", "bob"), ("dialledDigits", "2000"),
@@ -62,7 +62,7 @@ def test_standalone_registrations_calls_keepalive_expiry_and_shutdown(loop):
             assert len(views) == 4 and sum(len(a) for a in views) == 2 + 3 + 10 + 1
             mcu_view = next(r for r in views.values() if r["endpoint_type"] == "mcu")
             assert len(mcu_view["aliases"]) == 10 and mcu_view["product"] == "TANDBERG EX90"
-            registered = [e for e in policy.events if e[0] == "on_registered"]
+            registered = [e for e in hooks.events if e[0] == "on_registered"]
             assert sorted(len(e[2]) for e in registered) == [1, 2, 3, 10]
 
             # duplicate alias from another endpoint
@@ -81,8 +81,8 @@ def test_standalone_registrations_calls_keepalive_expiry_and_shutdown(loop):
                 assert (await alice.disengage(call)).short == "DCF"
                 assert (await bob.disengage(bob.ep.calls.get(call.call_id) or call)).short == "DCF"
                 assert node.calls() == []
-            assert len(policy.charged) == 3 and policy.in_use == 0
-            assert [a.first_for_call for a in policy.admissions] == [True, False] * 3
+            assert len(hooks.charged) == 3 and hooks.in_use == 0
+            assert [a.first_for_call for a in hooks.admissions] == [True, False] * 3
 
             arj, _ = await alice.admit([("h323-ID", "nobody")])
             assert arj.reject_reason == "calledPartyNotRegistered"
@@ -94,7 +94,7 @@ def test_standalone_registrations_calls_keepalive_expiry_and_shutdown(loop):
             urq = await dave.expect("URQ", timeout=5)
             assert urq.reason == "ttlExpired"
             await wait_until(lambda: len(node.registrations()) == 3, what="dave's expiry")
-            assert policy.events[-1][0] == "on_unregistered" and policy.events[-1][3] == "expired"
+            assert hooks.events[-1][0] == "on_unregistered" and hooks.events[-1][3] == "expired"
             await wait_until(lambda: node.stats()["received"].get("UCF") == 1, what="dave's UCF")
 
             # URQ from an endpoint
@@ -112,7 +112,7 @@ def test_standalone_registrations_calls_keepalive_expiry_and_shutdown(loop):
             await node.close()
             for client in (alice, mcu):
                 assert (await client.expect("URQ")).reason == "maintenance"
-            assert not policy.held and policy.in_use == 0
+            assert not hooks.held and hooks.in_use == 0
             for client in clients + [mallory]:
                 client.close()
 
@@ -122,9 +122,9 @@ def test_standalone_registrations_calls_keepalive_expiry_and_shutdown(loop):
 @pytest.mark.parametrize("loop", LOOPS)
 def test_inline_mode_against_an_upstream_gatekeeper(loop):
     async def scenario():
-        policy, upstream_policy = RecordingPolicy(), RecordingPolicy()
-        async with running_node(upstream_policy, gatekeeper_id="lab-gk", time_to_live=2) as upstream, \
-                running_node(policy, mode="inline", upstream=f"127.0.0.1:{upstream.port}") as node:
+        hooks, upstream_hooks = RecordingHooks(), RecordingHooks()
+        async with running_node(upstream_hooks, gatekeeper_id="lab-gk", time_to_live=2) as upstream, \
+                running_node(hooks, mode="inline", upstream=f"127.0.0.1:{upstream.port}") as node:
             gk = ("127.0.0.1", node.port)
             alice = await RasClient.open(gk, [("h323-ID", "alice"), ("dialledDigits", "1000")])
             bob = await RasClient.open(gk, [("h323-ID", "bob")])
@@ -141,7 +141,7 @@ def test_inline_mode_against_an_upstream_gatekeeper(loop):
             assert {r["ras_address"] for r in upstream.registrations()} == {str(node.ras_address)}
             assert sorted(r["endpoint_id"] for r in node.registrations()) == \
                 sorted(r["endpoint_id"] for r in upstream.registrations())
-            assert sorted(len(e[2]) for e in policy.events if e[0] == "on_registered") == [1, 2, 10]
+            assert sorted(len(e[2]) for e in hooks.events if e[0] == "on_registered") == [1, 2, 10]
 
             acf, call = await alice.admit([("h323-ID", "bob")])
             assert acf.short == "ACF" and acf.dest_call_signal_address == bob.ep.call_signal_address
@@ -149,7 +149,7 @@ def test_inline_mode_against_an_upstream_gatekeeper(loop):
                                     answer=True))[0].short == "ACF"
             assert len(node.calls()) == 1 and len(node.calls()[0]["legs"]) == 2
             assert (await alice.disengage(call)).short == "DCF"
-            assert node.calls() == [] and policy.in_use == 0 and len(policy.charged) == 1
+            assert node.calls() == [] and hooks.in_use == 0 and len(hooks.charged) == 1
 
             for client in (alice, mcu):
                 assert (await client.keep_alive(ttl=60)).short == "RCF"
@@ -162,7 +162,7 @@ def test_inline_mode_against_an_upstream_gatekeeper(loop):
             bob_id = bob.ep.endpoint_id or urq.endpoint_identifier
             await wait_until(lambda: bob_id not in {r["endpoint_id"] for r in node.registrations()},
                              what="bob's expiry learned")
-            assert any(e[0] == "on_unregistered" and e[3] == "upstream_urq" for e in policy.events)
+            assert any(e[0] == "on_unregistered" and e[3] == "upstream_urq" for e in hooks.events)
             # every URQ the upstream sent (bob's; alice's too once her 2 s lapse) comes back as a UCF
             def ucf_relayed():
                 up = upstream.stats()
@@ -172,7 +172,7 @@ def test_inline_mode_against_an_upstream_gatekeeper(loop):
             assert stats["forwarded"] >= 9 and stats["upstream_timeouts"] == 0 and stats["internal_errors"] == 0
             for client in (alice, bob, mcu):
                 client.close()
-        assert not policy.held and policy.in_use == 0
+        assert not hooks.held and hooks.in_use == 0
 
     run(scenario(), loop=loop)
 

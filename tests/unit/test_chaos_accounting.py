@@ -413,7 +413,7 @@ def test_r9_register_refresh_racing_an_unregister_keeps_license_and_binding_toge
     w.unregister(alice, star=star, hold=True)
     for index in ((0, 0) if order == "in order" else (1, 0)):
         w.release_held(index)
-    bound = [b for b in w.core.registrar.bindings() if b.aor == alice.aor]
+    bound = [b for b in w.core.location.bindings() if b.aor == alice.aor]
     assert w.in_use()["room"] == len(bound) == (0 if order == "in order" else 1)
     w.advance(601.0)
     assert w.in_use()["room"] == 0
@@ -430,7 +430,7 @@ def test_r11_c6_tiny_pool_refuses_with_503_and_warning_and_frees_on_release():
     refusal = w.wire[-1][0]
     warning = refusal.header("warning")
     assert refusal.status == 503 and "room_exhausted" in warning and "R11" in warning
-    assert w.in_use()["room"] == 1 and not any(b.aor == carol.aor for b in w.core.registrar.bindings())
+    assert w.in_use()["room"] == 1 and not any(b.aor == carol.aor for b in w.core.location.bindings())
     first = itsp_call(w, "audio")
     second = w.invite(w.endpoint("gw"), w.endpoint("bob"), "audio")
     assert second.failure is not None and second.failure.status == 503 and second.at_callee == []
@@ -439,7 +439,7 @@ def test_r11_c6_tiny_pool_refuses_with_503_and_warning_and_frees_on_release():
     assert w.in_use()["rms"] == 1  # half an RMS free...
     third = w.invite(w.endpoint("gw"), w.endpoint("bob"), "audio")
     assert third.failure is not None and third.failure.status == 503  # ...but set-up counts as video (C6)
-    assert w.metering.refusals.counts[("rms", "rms_exhausted", "enforce")] == 2
+    assert w.metering.ledger.refusals[("rms", "rms_exhausted", "enforce")] == 2
     w.bye(first, "callee")
     w.answer_bye()
     w.unregister(w.endpoint("alice"))
@@ -455,7 +455,7 @@ def test_r11_observe_mode_lets_the_tiny_pool_overrun_and_counts_would_be_refusal
     w.register(w.endpoint("carol"))
     calls = [itsp_call(w, "video", ring=False), w.invite(w.endpoint("gw"), w.endpoint("bob"), "video")]
     assert w.in_use() == {"rms": 4, "room": 2, "desktop": 1, "cmr": 0}
-    counts = w.metering.refusals.counts
+    counts = w.metering.ledger.refusals
     assert counts[("room", "room_exhausted", "observe")] == 1 and counts[("rms", "rms_exhausted", "observe")] == 1
     for call in calls:
         w.respond(call, 486)
@@ -522,7 +522,7 @@ def test_r11_register_query_without_contact_charges_nothing():
     w = World(licenses=GENEROUS)
     alice = w.endpoint("alice")
     w.send(w.register_request(alice, 600, with_contact=False), alice)
-    assert w.wire[-1][0].status == 200 and not w.core.registrar.bindings()
+    assert w.wire[-1][0].status == 200 and not w.core.location.bindings()
     assert w.in_use()["room"] == 0 and not w.metering.registrations
     assert_drains_to_zero(w)
 
@@ -537,11 +537,11 @@ def test_r11_second_contact_of_a_register_cannot_bind_without_a_license():
     two = f"<sip:carol@{carol.host}:5099>;expires=0, <{carol.contact_uri}>"
     w.send(w.register_request(carol, 600, contacts=two), carol)
     assert w.wire[-1][0].status == 503
-    assert not any(b.aor == carol.aor for b in w.core.registrar.bindings())
+    assert not any(b.aor == carol.aor for b in w.core.location.bindings())
     w.unregister(w.endpoint("alice"))
     w.send(w.register_request(carol, 600, contacts=two), carol)
     assert w.wire[-1][0].status == 200 and w.in_use()["room"] == 1
-    assert [b.contact for b in w.core.registrar.bindings()] == [carol.contact_uri]
+    assert [b.contact for b in w.core.location.bindings()] == [carol.contact_uri]
     assert_drains_to_zero(w)
 
 
@@ -557,6 +557,6 @@ def test_bug_r11_register_answered_423_still_holds_a_room_license():
     alice = w.endpoint("alice")
     w.register(alice, 30)  # below min_expires (60)
     assert w.wire[-1][0].status == 423
-    assert not w.core.registrar.bindings()
+    assert not w.core.location.bindings()
     assert w.in_use()["room"] == 0 and not w.metering.registrations, w.accounting_problems()
     assert w.drain() == []

@@ -5,8 +5,8 @@ import io
 
 import pytest
 
-from meter.licensing.cli import add_commands, parse_expiry
-from meter.licensing.store import LicensingStore
+from meter.admin.licensing_cli import add_commands, parse_expiry
+from meter.store.licensing import LicensingStore
 
 
 def main(argv: list[str]) -> int:

@@ -2,16 +2,14 @@
 
 import pytest
 
-from meter.cluster.pool import GRACE_SECONDS, PEER_TIMEOUT_SECONDS
-from meter.cluster.redis_pool import (
-    RECORD_VERSION, PeerRecord, RecordError, RedisPool, decode_record, encode_record,
-)
-from meter.licensing import platforms
+from meter.cluster.redis_pool import RECORD_VERSION, RecordError, RedisPool, decode_record, encode_record
+from meter import catalogs
 from meter.licensing.calls import CallFacts, classify_call
 from meter.licensing.ledger import Ledger
 from meter.licensing.model import License
+from meter.licensing.pool import GRACE_SECONDS, PEER_TIMEOUT_SECONDS, PeerRecord
 
-LARGE = platforms.get("large_vm")
+LARGE = catalogs.platform("large_vm")
 VIDEO = classify_call(CallFacts("E", "local", "E", "sip", "external", "", "sip", m_lines=2))
 DAY = 24 * 3600.0
 
@@ -24,10 +22,10 @@ def exchange(*nodes):
 
 
 def test_record_round_trips_exactly_through_hash_fields():
-    record = PeerRecord("peer-a", 1712345678.123456, 500, 12.5, {"rms": 300, "room": 7}, {"rms": 41, "room": 0},
-                        "abc123")
-    fields = encode_record(record)
+    record = PeerRecord("peer-a", 1712345678.123456, 500, 12.5, {"rms": 300, "room": 7}, {"rms": 41, "room": 0})
+    fields = encode_record(record, "abc123")
     assert fields["v"] == RECORD_VERSION and fields["lic.rms"] == "300" and fields["use.rms"] == "41"
+    assert fields["instance"] == "abc123"  # the writing process, beside the record (PoolSync reads it)
     assert all(isinstance(k, str) and isinstance(v, str) for k, v in fields.items())  # a Redis hash
     assert decode_record("peer-a", fields) == record
 
@@ -73,9 +71,11 @@ def test_local_record_is_what_the_ledger_wrote():
     a.set_licenses({License.RMS: 300}, 5.0)
     a.charge_call("c1", VIDEO, 6.0)
     a.tick(7.0)
-    record = pool.local_record("peer-a", "inst")
+    record = pool.local_record("peer-a")
     assert record.last_seen == 7.0 and record.contributed == {"rms": 300} and record.usage == {"rms": 2}
-    assert record.call_capacity == LARGE.calls_video and record.calls_load == 1.0 and record.instance == "inst"
+    assert record.call_capacity == LARGE.calls_video and record.calls_load == 1.0
+    record.usage["rms"] = 99  # a copy: publishing never aliases the ledger's live record
+    assert pool.local_record("peer-a").usage == {"rms": 2}
 
 
 def test_p1_p5_two_caches_pool_600_and_share_usage():

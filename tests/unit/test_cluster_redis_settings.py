@@ -6,8 +6,8 @@ import typing
 import pytest
 
 from meter import config as cfg
-from meter.cluster.pool import PEER_TIMEOUT_SECONDS
 from meter.cluster.settings import ClusterSettings, redact
+from meter.licensing.pool import PEER_TIMEOUT_SECONDS
 
 
 def build(table):

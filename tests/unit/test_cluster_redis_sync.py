@@ -7,16 +7,16 @@ import logging
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from meter.cluster.pool import GRACE_SECONDS
-from meter.cluster.redis_pool import PeerRecord, RedisPool, encode_record
+from meter.cluster.redis_pool import RedisPool, encode_record
 from meter.cluster.settings import ClusterSettings
 from meter.cluster.sync import PEER_KEY_TTL_SECONDS, PoolSync
-from meter.licensing import platforms
+from meter import catalogs
 from meter.licensing.calls import CallFacts, classify_call
 from meter.licensing.ledger import Ledger
 from meter.licensing.model import License
+from meter.licensing.pool import GRACE_SECONDS, PeerRecord
 
-LARGE = platforms.get("large_vm")
+LARGE = catalogs.platform("large_vm")
 VIDEO = classify_call(CallFacts("E", "local", "E", "sip", "external", "", "sip", m_lines=2))
 DAY = 24 * 3600.0
 

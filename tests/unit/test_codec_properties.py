@@ -1,7 +1,8 @@
 """Property tests (hypothesis) of the SIP and SDP codecs.
 
-* Any bytes (random, or mutations of real messages) into sip.parse / StreamReader.feed /
-  sdp.parse raise nothing but SIPError / SDPError ("the node never crashes on input").
+* Any bytes (random, or real messages mutated by bench.mutations, the fuzzer's own mutator) into
+  sip.parse / StreamReader.feed / sdp.parse raise nothing but SIPError / SDPError ("the node never
+  crashes on input").
 * Generated well-formed messages round-trip: parse(serialise(m)) == m.
 * The stream reader frames concatenated messages identically for any chunking.
 """
@@ -14,6 +15,7 @@ import string
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bench.mutations import mutated
 from meter.codecs import sdp, sip
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -40,27 +42,6 @@ def _exercise(m: sip.Message) -> None:
     m.push_via("SIP/2.0/UDP fuzz.example;branch=z9hG4bKfz")
     out = m.to_bytes()
     assert isinstance(out, bytes)
-
-
-@st.composite
-def mutated(draw, seeds):
-    data = bytearray(draw(st.sampled_from(seeds)))
-    for _ in range(draw(st.integers(1, 8))):
-        op = draw(st.sampled_from(["flip", "insert", "delete", "dup"]))
-        if not data:
-            data += draw(st.binary(min_size=1, max_size=4))
-            continue
-        i = draw(st.integers(0, len(data) - 1))
-        if op == "flip":
-            data[i] = draw(st.sampled_from(b" \t\r\n:;,<>\"\\@%=/0123456789[]?&x\x00\xff"))
-        elif op == "insert":
-            data[i:i] = draw(st.binary(min_size=1, max_size=6))
-        elif op == "delete":
-            del data[i: i + draw(st.integers(1, 20))]
-        else:
-            j = draw(st.integers(i, min(len(data), i + 40)))
-            data[j:j] = data[i:j]
-    return bytes(data)
 
 
 @SETTINGS

@@ -9,20 +9,21 @@ import pytest
 
 from meter.codecs import ras
 from meter.codecs.ras import Alias, TransportAddress
-from tests.rasclient import GK, RecordingPolicy, standalone_net
+from tests.rasclient import GK, RecordingHooks, standalone_net
 
 ALICE = [("h323-ID", "alice"), ("dialledDigits", "1000")]
 BOB = [("h323-ID", "bob"), ("dialledDigits", "2000")]
+SIP_REGISTERED = {"carol@lab.test": ("127.0.0.1", 5060)}  # what the node's sip_locator finds
 
 
 @pytest.fixture
-def policy():
-    return RecordingPolicy(sip={"carol@lab.test": ("127.0.0.1", 5060)})
+def hooks():
+    return RecordingHooks()
 
 
 @pytest.fixture
-def setup(policy):
-    net, gk = standalone_net(policy)
+def setup(hooks):
+    net, gk = standalone_net(hooks, sip_locator=SIP_REGISTERED.get)
     alice = net.endpoint(5001, ALICE)
     bob = net.endpoint(5002, BOB)
     return net, gk, alice, bob
@@ -53,7 +54,7 @@ def test_grq_naming_another_gatekeeper_is_rejected(setup):
 
 # ----------------------------------------------------------------------------- RRQ
 
-def test_r9_full_rrq_registers_every_alias_and_grants_the_default_ttl(setup, policy):
+def test_r9_full_rrq_registers_every_alias_and_grants_the_default_ttl(setup, hooks):
     net, gk, alice, _ = setup
     rcf = net.register(alice)
     assert rcf.short == "RCF" and rcf.endpoint_identifier == "ep1"
@@ -66,8 +67,8 @@ def test_r9_full_rrq_registers_every_alias_and_grants_the_default_ttl(setup, pol
     assert gk.registrations.owner(Alias("h323-ID", "ALICE")) is reg
     assert gk.registrations.owner(Alias("partyNumber", "1000")) is reg  # the same E.164 number
     assert gk.registrations.at_address([alice.call_signal_address]) is reg
-    info = policy.events[0][1]
-    assert policy.hooks() == ["on_register", "on_registered"]
+    info = hooks.events[0][1]
+    assert hooks.called() == ["on_register", "on_registered"]
     assert info.endpoint_id == "ep1" and info.new_aliases == info.aliases and not info.reregistration
     assert info.vendor.version_id == "TC7.3.6" and info.source == alice.ras_address and info.mode == "standalone"
 
@@ -78,7 +79,7 @@ def test_requested_ttl_is_granted_when_shorter_and_capped_when_longer(setup):
     assert net.register(bob, ttl=86400).time_to_live == 1800
 
 
-def test_keep_alive_refreshes_the_time_to_live(setup, policy):
+def test_keep_alive_refreshes_the_time_to_live(setup, hooks):
     net, gk, alice, _ = setup
     net.register(alice, ttl=60)
     net.tick(net.now + 50)
@@ -87,7 +88,7 @@ def test_keep_alive_refreshes_the_time_to_live(setup, policy):
     net.tick(net.now + 50)  # 100 s after the full RRQ, 50 s after the keep-alive
     assert gk.registrations.get("ep1") is not None
     assert gk.counters.keepalives == 1
-    assert "on_register" not in policy.hooks()[2:]  # keep-alives do not ask the policy
+    assert "on_register" not in hooks.called()[2:]  # keep-alives do not ask the hooks
 
 
 def test_keep_alive_for_an_unknown_endpoint_needs_a_full_registration(setup):
@@ -96,7 +97,7 @@ def test_keep_alive_for_an_unknown_endpoint_needs_a_full_registration(setup):
     assert (rrj.short, rrj.reject_reason) == ("RRJ", "fullRegistrationRequired")
 
 
-def test_alias_held_by_another_endpoint_is_refused_as_duplicate(setup, policy):
+def test_alias_held_by_another_endpoint_is_refused_as_duplicate(setup, hooks):
     net, gk, alice, bob = setup
     net.register(alice)
     intruder = net.endpoint(5003, [("h323-ID", "ALICE"), ("h323-ID", "mallory"), ("partyNumber", "1000")])
@@ -104,21 +105,21 @@ def test_alias_held_by_another_endpoint_is_refused_as_duplicate(setup, policy):
     assert (rrj.short, rrj.reject_reason) == ("RRJ", "duplicateAlias")
     assert set(rrj.duplicate_aliases) == {Alias("h323-ID", "ALICE"), Alias("partyNumber", "1000")}
     assert gk.registrations.owner(Alias("h323-ID", "mallory")) is None
-    assert len(gk.registrations) == 1 and policy.hooks() == ["on_register", "on_registered"]
+    assert len(gk.registrations) == 1 and hooks.called() == ["on_register", "on_registered"]
 
 
-def test_full_rrq_from_a_registered_address_is_a_reregistration(setup, policy):
+def test_full_rrq_from_a_registered_address_is_a_reregistration(setup, hooks):
     net, gk, alice, _ = setup
     net.register(alice)
     rcf = net.register(alice, aliases=(Alias("h323-ID", "alice"), Alias("h323-ID", "alice2")))
     assert rcf.endpoint_identifier == "ep1" and len(gk.registrations) == 1
     assert gk.registrations.owner(Alias("dialledDigits", "1000")) is None
     assert gk.registrations.owner(Alias("h323-ID", "alice2")).endpoint_id == "ep1"
-    register = [e[1] for e in policy.events if e[0] == "on_register"][1]
+    register = [e[1] for e in hooks.events if e[0] == "on_register"][1]
     assert register.reregistration and register.new_aliases == (Alias("h323-ID", "alice2"),)
-    assert policy.events[-2][0] == "on_unregistered" and policy.events[-2][2:] == ((Alias("dialledDigits", "1000"),),
+    assert hooks.events[-2][0] == "on_unregistered" and hooks.events[-2][2:] == ((Alias("dialledDigits", "1000"),),
                                                                                    "reregistered")
-    assert policy.events[-1][0] == "on_registered"
+    assert hooks.events[-1][0] == "on_registered"
 
 
 def test_additive_registration_adds_to_the_aliases_held(setup):
@@ -141,45 +142,45 @@ def test_rrq_without_call_signal_address_or_for_another_gatekeeper_is_refused(se
     assert len(gk.registrations) == 0
 
 
-def test_r11_policy_refusal_answers_rrj_resource_unavailable(setup):
+def test_r11_hook_refusal_answers_rrj_resource_unavailable(setup):
     net, gk, alice, _ = setup
-    gk.policy.refuse_aliases = {"alice"}
+    gk.hooks.refuse_aliases = {"alice"}
     rrj = net.register(alice)
     assert (rrj.short, rrj.reject_reason) == ("RRJ", "resourceUnavailable")
-    assert len(gk.registrations) == 0 and "on_registered" not in gk.policy.hooks()
+    assert len(gk.registrations) == 0 and "on_registered" not in gk.hooks.called()
 
 
-def test_policy_exception_refuses_with_undefined_reason_and_is_counted(setup):
+def test_hook_exception_refuses_with_undefined_reason_and_is_counted(setup):
     net, gk, alice, _ = setup
 
     def broken(info):
         raise RuntimeError("licensing is down")
 
-    gk.policy.on_register = broken
+    gk.hooks.on_register = broken
     rrj = net.register(alice)
     assert (rrj.short, rrj.reject_reason) == ("RRJ", "undefinedReason")
-    assert gk.counters.policy_errors == 1 and gk.counters.internal_errors == 0
+    assert gk.counters.hook_errors == 1 and gk.counters.internal_errors == 0
 
 
 # ----------------------------------------------------------------------------- URQ
 
-def test_urq_from_the_endpoint_unregisters_it(setup, policy):
+def test_urq_from_the_endpoint_unregisters_it(setup, hooks):
     net, gk, alice, _ = setup
     net.register(alice)
     ucf = net.ask(alice, alice.urq())
     assert ucf.short == "UCF" and len(gk.registrations) == 0 and not gk.registrations.by_alias
-    assert policy.events[-1][0] == "on_unregistered" and policy.events[-1][3] == "urq"
+    assert hooks.events[-1][0] == "on_unregistered" and hooks.events[-1][3] == "urq"
     urj = net.ask(alice, alice.urq())
     assert (urj.short, urj.reject_reason) == ("URJ", "notCurrentlyRegistered")
 
 
-def test_urq_naming_some_aliases_unregisters_only_those(setup, policy):
+def test_urq_naming_some_aliases_unregisters_only_those(setup, hooks):
     net, gk, alice, _ = setup
     net.register(alice)
     assert net.ask(alice, alice.urq((Alias("dialledDigits", "1000"),))).short == "UCF"
     reg = gk.registrations.get("ep1")
     assert reg.aliases == (Alias("h323-ID", "alice"),)
-    assert policy.events[-1][2:] == ((Alias("dialledDigits", "1000"),), "urq")
+    assert hooks.events[-1][2:] == ((Alias("dialledDigits", "1000"),), "urq")
 
 
 def test_urq_by_call_signal_address_when_no_endpoint_identifier(setup):
@@ -190,7 +191,7 @@ def test_urq_by_call_signal_address_when_no_endpoint_identifier(setup):
     assert net.ask(alice, (seq, urq)).short == "UCF" and len(gk.registrations) == 0
 
 
-def test_expired_registration_is_removed_and_told_with_urq_ttl_expired(setup, policy):
+def test_expired_registration_is_removed_and_told_with_urq_ttl_expired(setup, hooks):
     net, gk, alice, bob = registered(setup)
     net.ask(alice, alice.keep_alive(ttl=30))
     answer, call = net.admit(alice, [("h323-ID", "bob")])
@@ -201,19 +202,19 @@ def test_expired_registration_is_removed_and_told_with_urq_ttl_expired(setup, po
     urq = net.received(alice, "URQ")[-1]
     assert urq.reason == "ttlExpired" and urq.endpoint_identifier == "ep1"
     assert gk.counters.expired == 1 and gk.counters.received["UCF"] == 1  # the endpoint's answer, absorbed
-    assert policy.ended == {ras.guid_str(call.call_id): "expired"} and len(gk.calls) == 0
-    assert policy.events[-1][0] == "on_unregistered" and policy.events[-1][3] == "expired"
+    assert hooks.ended == {ras.guid_str(call.call_id): "expired"} and len(gk.calls) == 0
+    assert hooks.events[-1][0] == "on_unregistered" and hooks.events[-1][3] == "expired"
 
 
 # ----------------------------------------------------------------------------- ARQ
 
-def test_arq_direct_model_gives_the_callee_call_signal_address(setup, policy):
+def test_arq_direct_model_gives_the_callee_call_signal_address(setup, hooks):
     net, gk, alice, bob = registered(setup)
     acf, call = net.admit(alice, [("h323-ID", "BOB")], bandwidth=7680)
     assert acf.short == "ACF" and acf.call_model == "direct"
     assert acf.dest_call_signal_address == bob.call_signal_address
     assert acf.bandwidth == 7680 and acf.irr_frequency == 120
-    info = policy.admissions[0]
+    info = hooks.admissions[0]
     assert info.first_for_call and not info.answer_call and info.resolved == "h323" and info.bandwidth == 7680
     assert info.caller.endpoint_id == "ep1" and info.callee.endpoint_id == "ep2"
     assert info.callee.registered == "h323" and info.call_key == ras.guid_str(call.call_id)
@@ -232,25 +233,37 @@ def test_arq_from_an_unregistered_endpoint_is_caller_not_registered(setup):
     assert (arj.short, arj.reject_reason) == ("ARJ", "callerNotRegistered")
 
 
-def test_arq_dialled_by_address(setup, policy):
+def test_arq_dialled_by_address(setup, hooks):
     net, gk, alice, bob = registered(setup)
     acf, _ = net.admit(alice, dest_address=bob.call_signal_address)
-    assert acf.dest_call_signal_address == bob.call_signal_address and policy.admissions[-1].resolved == "h323"
+    assert acf.dest_call_signal_address == bob.call_signal_address and hooks.admissions[-1].resolved == "h323"
     outside = TransportAddress("192.0.2.7", 1720)
     acf, _ = net.admit(alice, dest_address=outside)
     assert acf.dest_call_signal_address == outside
-    assert policy.admissions[-1].resolved is None and policy.admissions[-1].callee.registered is None
+    assert hooks.admissions[-1].resolved is None and hooks.admissions[-1].callee.registered is None
 
 
-def test_c9_arq_to_a_sip_registered_alias_is_resolved_through_the_policy(setup, policy):
+def test_c9_arq_to_a_sip_registered_alias_is_resolved_through_the_sip_locator(setup, hooks):
     net, gk, alice, bob = registered(setup)
     acf, _ = net.admit(alice, [("url-ID", "carol@lab.test")])
     assert acf.short == "ACF" and acf.dest_call_signal_address == TransportAddress("127.0.0.1", 5060)
-    info = policy.admissions[-1]
+    info = hooks.admissions[-1]
     assert info.resolved == "sip" and info.callee.registered == "sip" and info.caller.registered == "h323"
 
 
-def test_caller_and_callee_arqs_are_one_call(setup, policy):
+def test_c9_sip_locator_error_is_counted_and_the_alias_is_not_found(hooks):
+    def broken(alias_value):
+        raise RuntimeError("SIP side is down")
+
+    net, gk = standalone_net(hooks, sip_locator=broken)
+    alice = net.endpoint(5001, ALICE)
+    net.register(alice)
+    arj, _ = net.admit(alice, [("url-ID", "carol@lab.test")])
+    assert (arj.short, arj.reject_reason) == ("ARJ", "calledPartyNotRegistered")
+    assert gk.counters.hook_errors == 1 and gk.counters.internal_errors == 0 and not hooks.admissions
+
+
+def test_caller_and_callee_arqs_are_one_call(setup, hooks):
     net, gk, alice, bob = registered(setup)
     _, call = net.admit(alice, [("h323-ID", "bob")])
     acf, _ = net.admit(bob, [("h323-ID", "bob")], call_id=call.call_id, conference_id=call.conference_id,
@@ -259,27 +272,27 @@ def test_caller_and_callee_arqs_are_one_call(setup, policy):
     assert len(gk.calls) == 1
     record = gk.calls.get(call.call_id)
     assert set(record.legs) == {("ep1", False), ("ep2", True)}
-    first, second = policy.admissions
+    first, second = hooks.admissions
     assert first.first_for_call and not second.first_for_call and second.answer_call
     assert second.caller.endpoint_id == "ep1" and second.callee.endpoint_id == "ep2"
     assert gk.calls.by_endpoint == {"ep1": {call.call_id}, "ep2": {call.call_id}}
 
 
-def test_callee_arq_for_a_caller_from_elsewhere_is_first_for_call(setup, policy):
+def test_callee_arq_for_a_caller_from_elsewhere_is_first_for_call(setup, hooks):
     net, gk, alice, bob = registered(setup)
     acf, call = net.admit(bob, [("h323-ID", "bob")], answer=True, src_aliases=(Alias("h323-ID", "visitor"),))
     assert acf.short == "ACF"
-    info = policy.admissions[-1]
+    info = hooks.admissions[-1]
     assert info.first_for_call and info.answer_call and info.caller.registered is None
     assert info.callee.endpoint_id == "ep2"
 
 
-def test_retransmitted_arq_gets_the_same_acf_and_asks_the_policy_once(setup, policy):
+def test_retransmitted_arq_gets_the_same_acf_and_asks_the_hooks_once(setup, hooks):
     net, gk, alice, bob = registered(setup)
     seq, data, call = alice.arq((Alias("h323-ID", "bob"),))
     first = net.ask(alice, (seq, data))
     again = net.ask(alice, (seq, data))
-    assert first == again and len(policy.admissions) == 1
+    assert first == again and len(hooks.admissions) == 1
 
 
 def test_arq_without_any_call_identity_is_refused(setup):
@@ -298,15 +311,15 @@ def test_v1_endpoint_call_is_keyed_by_conference_id(setup):
 
 # ----------------------------------------------------------------------------- DRQ, BRQ
 
-def test_drq_ends_the_call_and_the_other_partys_drq_is_confirmed_too(setup, policy):
+def test_drq_ends_the_call_and_the_other_partys_drq_is_confirmed_too(setup, hooks):
     net, gk, alice, bob = registered(setup)
     _, call = net.admit(alice, [("h323-ID", "bob")])
     _, bob_call = net.admit(bob, [("h323-ID", "bob")], call_id=call.call_id, conference_id=call.conference_id,
                             answer=True)
     assert net.ask(alice, alice.drq(call)).short == "DCF"
-    assert len(gk.calls) == 0 and policy.ended == {ras.guid_str(call.call_id): "drq"}
+    assert len(gk.calls) == 0 and hooks.ended == {ras.guid_str(call.call_id): "drq"}
     assert net.ask(bob, bob.drq(bob_call)).short == "DCF"
-    assert list(policy.ended.values()) == ["drq"]  # still once
+    assert list(hooks.ended.values()) == ["drq"]  # still once
 
 
 def test_drq_from_an_unregistered_endpoint_is_rejected(setup):
@@ -360,7 +373,7 @@ def admitted_call(setup):
     return net, gk, alice, bob, call
 
 
-def test_silent_call_is_polled_with_irq_and_an_irr_keeps_it(setup, policy):
+def test_silent_call_is_polled_with_irq_and_an_irr_keeps_it(setup, hooks):
     net, gk, alice, bob, call = admitted_call(setup)
     net.tick(net.now + 120)
     assert not net.received(alice, "IRQ")  # irr_frequency + irr_timeout of silence first
@@ -369,10 +382,10 @@ def test_silent_call_is_polled_with_irq_and_an_irr_keeps_it(setup, policy):
     assert irq.call_identifier == call.call_id and irq.call_reference_value == call.crv
     assert len(net.received(bob, "IRQ")) == 1
     net.tick(net.now + 10)  # both answered (the endpoints answer IRQ with an IRR listing the call)
-    assert len(gk.calls) == 1 and not policy.ended and gk.counters.received["IRR"] == 2
+    assert len(gk.calls) == 1 and not hooks.ended and gk.counters.received["IRR"] == 2
 
 
-def test_missed_irr_releases_the_call_and_drops_it(setup, policy):
+def test_missed_irr_releases_the_call_and_drops_it(setup, hooks):
     net, gk, alice, bob, call = admitted_call(setup)
     alice.answers_requests = False  # alice's side went away without DRQ
     net.tick(net.now + 126)
@@ -381,18 +394,18 @@ def test_missed_irr_releases_the_call_and_drops_it(setup, policy):
     assert len(net.received(alice, "IRQ")) == 2
     assert len({m.request_seq_num for m in net.received(alice, "IRQ")}) == 1
     net.tick(net.now + 3)
-    assert len(gk.calls) == 0 and policy.ended == {ras.guid_str(call.call_id): "missed_irr"}
+    assert len(gk.calls) == 0 and hooks.ended == {ras.guid_str(call.call_id): "missed_irr"}
     assert gk.counters.missed_irr == 1
     drq = net.received(bob, "DRQ")[-1]
     assert drq.reason == "forcedDrop" and drq.call_identifier == call.call_id
     assert net.received(alice, "DRQ")[-1].reason == "forcedDrop"
 
 
-def test_irr_that_does_not_list_the_polled_call_releases_it(setup, policy):
+def test_irr_that_does_not_list_the_polled_call_releases_it(setup, hooks):
     net, gk, alice, bob, call = admitted_call(setup)
     alice.calls.clear()  # alice forgot the call: her IRR lists nothing
     net.tick(net.now + 126)
-    assert policy.ended == {ras.guid_str(call.call_id): "not_in_call"} and len(gk.calls) == 0
+    assert hooks.ended == {ras.guid_str(call.call_id): "not_in_call"} and len(gk.calls) == 0
 
 
 def test_unsolicited_irrs_keep_a_call_from_being_polled(setup):
@@ -412,8 +425,8 @@ def test_irr_asking_for_a_response_is_acknowledged(setup):
     assert net.received(alice, "IACK")[-1].request_seq_num == seq
 
 
-def test_irr_frequency_zero_asks_for_no_irr_and_never_polls(policy):
-    net, gk = standalone_net(policy, irr_frequency=0)
+def test_irr_frequency_zero_asks_for_no_irr_and_never_polls(hooks):
+    net, gk = standalone_net(hooks, irr_frequency=0)
     alice, bob = net.endpoint(5001, ALICE), net.endpoint(5002, BOB)
     net.register(alice), net.register(bob)
     acf, _ = net.admit(alice, [("h323-ID", "bob")])
@@ -469,13 +482,13 @@ def test_unexpected_answers_are_counted_never_answered(setup):
 
 # ----------------------------------------------------------------------------- shutdown, views
 
-def test_shutdown_tells_every_endpoint_and_releases_everything(setup, policy):
+def test_shutdown_tells_every_endpoint_and_releases_everything(setup, hooks):
     net, gk, alice, bob, call = admitted_call(setup)
     net.deliver_all(GK, gk.close(net.now))
     assert net.received(alice, "URQ")[-1].reason == "maintenance"
     assert net.received(bob, "URQ")[-1].reason == "maintenance"
     assert len(gk.registrations) == 0 and len(gk.calls) == 0
-    assert policy.ended == {ras.guid_str(call.call_id): "shutdown"} and not policy.held
+    assert hooks.ended == {ras.guid_str(call.call_id): "shutdown"} and not hooks.held
 
 
 def test_views_show_registrations_and_calls(setup):

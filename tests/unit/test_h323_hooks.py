@@ -1,5 +1,5 @@
-"""The policy contract (meter.h323.policy): hook order, every admitted call ends exactly once whatever
-releases it, both ARQs of a call reach the policy but only the first charges, every registered alias
+"""The hook contract (meter.h323.hooks): hook order, every admitted call ends exactly once whatever
+releases it, both ARQs of a call reach the hooks but only the first charges, every registered alias
 is unregistered exactly once. DESIGN principle 4: after any scenario the counts return to zero."""
 
 from __future__ import annotations
@@ -10,18 +10,18 @@ from hypothesis import strategies as st
 
 from meter.codecs import ras
 from meter.codecs.ras import Alias
-from tests.rasclient import GK, RecordingPolicy, standalone_net
+from tests.rasclient import GK, RecordingHooks, standalone_net
 
 ALICE = [("h323-ID", "alice"), ("dialledDigits", "1000")]
 BOB = [("h323-ID", "bob")]
 
 
-def two_endpoints(policy=None, **settings):
-    policy = policy or RecordingPolicy()
-    net, gk = standalone_net(policy, **settings)
+def two_endpoints(hooks=None, **settings):
+    hooks = hooks or RecordingHooks()
+    net, gk = standalone_net(hooks, **settings)
     alice, bob = net.endpoint(5001, ALICE), net.endpoint(5002, BOB)
     net.register(alice), net.register(bob)
-    return net, gk, policy, alice, bob
+    return net, gk, hooks, alice, bob
 
 
 def call_between(net, alice, bob):
@@ -31,33 +31,47 @@ def call_between(net, alice, bob):
 
 
 def test_hook_order_for_a_whole_session():
-    net, gk, policy, alice, bob = two_endpoints()
+    net, gk, hooks, alice, bob = two_endpoints()
     call = call_between(net, alice, bob)
     net.ask(bob, bob.drq(call))
     net.ask(alice, alice.urq())
-    hooks = [h for h in policy.hooks() if h != "locate_sip"]
-    assert hooks == ["on_register", "on_registered", "on_register", "on_registered",
+    assert hooks.called() == ["on_register", "on_registered", "on_register", "on_registered",
                      "on_admission", "on_admission", "on_call_ended", "on_unregistered"]
-    registered = policy.events[1]
+    registered = hooks.events[1]
     assert registered[1] == "ep1" and registered[2] == tuple(Alias(*a) for a in ALICE)
     assert registered[3].product_id == "TANDBERG EX90" and registered[4] == alice.ras_address
     assert registered[5] == net.now  # wall_offset 0 in unit tests: now + offset
 
 
 def test_on_registered_gets_wall_clock_time():
-    policy = RecordingPolicy()
-    net, gk = standalone_net(policy)
+    hooks = RecordingHooks()
+    net, gk = standalone_net(hooks)
     gk.wall_offset = 1_700_000_000.0
     net.register(net.endpoint(5001, ALICE))
-    assert policy.events[-1][5] == net.now + 1_700_000_000.0
+    assert hooks.events[-1][5] == net.now + 1_700_000_000.0
+
+
+def test_r9_an_alias_spelled_otherwise_is_the_same_alias_to_the_hooks():
+    """Aliases compare as the registration table does (alias_key): re-registering "Room1" as "room1"
+    adds nothing and drops nothing, and the one alias is unregistered once, in its latest spelling."""
+    hooks = RecordingHooks()
+    net, gk = standalone_net(hooks)
+    room = net.endpoint(5001, [("h323-ID", "Room1")])
+    net.register(room)
+    net.register(room, aliases=(Alias("h323-ID", "room1"),))
+    assert hooks.called() == ["on_register", "on_registered", "on_register", "on_registered"]
+    assert hooks.events[2][1].new_aliases == () and hooks.events[3][2] == (Alias("h323-ID", "room1"),)
+    net.ask(room, room.urq())
+    assert hooks.events[-1][0] == "on_unregistered" and hooks.events[-1][2] == (Alias("h323-ID", "room1"),)
+    assert not hooks.held
 
 
 def test_unregistration_ends_the_calls_before_the_aliases_go():
-    net, gk, policy, alice, bob = two_endpoints()
+    net, gk, hooks, alice, bob = two_endpoints()
     call_between(net, alice, bob)
     net.ask(bob, bob.urq())
-    assert policy.hooks()[-2:] == ["on_call_ended", "on_unregistered"]
-    assert policy.events[-2][2] == "urq" and policy.events[-1][1] == "ep2"
+    assert hooks.called()[-2:] == ["on_call_ended", "on_unregistered"]
+    assert hooks.events[-2][2] == "urq" and hooks.events[-1][1] == "ep2"
 
 
 RELEASES = {
@@ -77,70 +91,70 @@ CAUSES = {"caller DRQ": "drq", "callee DRQ": "drq", "both DRQ": "drq", "caller U
 
 @pytest.mark.parametrize("path", list(RELEASES))
 def test_every_admitted_call_ends_exactly_once(path):
-    net, gk, policy, alice, bob = two_endpoints()
+    net, gk, hooks, alice, bob = two_endpoints()
     call = call_between(net, alice, bob)
     RELEASES[path](net, gk, alice, bob, call)
     RELEASES["shutdown"](net, gk, alice, bob, call)  # and shutting down afterwards ends nothing twice
     key = ras.guid_str(call.call_id)
-    assert policy.charged == {key: 1} and policy.ended == {key: CAUSES[path]}
-    assert [e for e in policy.events if e[0] == "on_call_ended"] == [("on_call_ended", key, CAUSES[path])]
-    assert policy.in_use == 0 and len(gk.calls) == 0 and not gk.calls.by_endpoint and not gk._irqs
-    assert not policy.held  # shutdown unregistered every alias, once
+    assert hooks.charged == {key: 1} and hooks.ended == {key: CAUSES[path]}
+    assert [e for e in hooks.events if e[0] == "on_call_ended"] == [("on_call_ended", key, CAUSES[path])]
+    assert hooks.in_use == 0 and len(gk.calls) == 0 and not gk.calls.by_endpoint and not gk._irqs
+    assert not hooks.held  # shutdown unregistered every alias, once
 
 
 def test_caller_and_callee_arq_charge_once():
-    net, gk, policy, alice, bob = two_endpoints()
+    net, gk, hooks, alice, bob = two_endpoints()
     call = call_between(net, alice, bob)
-    assert [a.first_for_call for a in policy.admissions] == [True, False]
-    assert policy.charged == {ras.guid_str(call.call_id): 1}
+    assert [a.first_for_call for a in hooks.admissions] == [True, False]
+    assert hooks.charged == {ras.guid_str(call.call_id): 1}
 
 
 def test_at_the_license_limit_arq_is_refused_resource_unavailable():
-    net, gk, policy, alice, bob = two_endpoints(RecordingPolicy(max_calls=1))
+    net, gk, hooks, alice, bob = two_endpoints(RecordingHooks(max_calls=1))
     carol = net.endpoint(5003, [("h323-ID", "carol")])
     net.register(carol)
     call = call_between(net, alice, bob)  # the callee's ARQ of a charged call is not refused
     arj, _ = net.admit(carol, [("h323-ID", "alice")])
     assert (arj.short, arj.reject_reason) == ("ARJ", "resourceUnavailable")
-    assert len(gk.calls) == 1 and policy.in_use == 1
+    assert len(gk.calls) == 1 and hooks.in_use == 1
     net.ask(alice, alice.drq(call))
     acf, _ = net.admit(carol, [("h323-ID", "alice")])
-    assert acf.short == "ACF" and policy.in_use == 1
+    assert acf.short == "ACF" and hooks.in_use == 1
 
 
 def test_refused_callee_arq_leaves_the_charged_call_to_end_once():
-    policy = RecordingPolicy()
-    net, gk, policy, alice, bob = two_endpoints(policy)
+    hooks = RecordingHooks()
+    net, gk, hooks, alice, bob = two_endpoints(hooks)
     _, call = net.admit(alice, [("h323-ID", "bob")])
-    real = policy.on_admission
-    policy.on_admission = lambda info: (real(info), policy._verdict.refuse("requestDenied"))[1]
+    real = hooks.on_admission
+    hooks.on_admission = lambda info: (real(info), hooks._verdict.refuse("requestDenied"))[1]
     arj, _ = net.admit(bob, [("h323-ID", "bob")], call_id=call.call_id, conference_id=call.conference_id,
                        answer=True)
     assert (arj.short, arj.reject_reason) == ("ARJ", "requestDenied")
     assert len(gk.calls.get(call.call_id).legs) == 1
     net.ask(alice, alice.drq(call))
-    assert policy.ended == {ras.guid_str(call.call_id): "drq"}
+    assert hooks.ended == {ras.guid_str(call.call_id): "drq"}
 
 
 def test_a_refused_first_arq_leaves_no_call_and_the_next_one_is_first_again():
-    net, gk, policy, alice, bob = two_endpoints(RecordingPolicy(max_calls=0))
+    net, gk, hooks, alice, bob = two_endpoints(RecordingHooks(max_calls=0))
     arj, call = net.admit(alice, [("h323-ID", "bob")])
     assert arj.short == "ARJ" and len(gk.calls) == 0
-    policy.max_calls = None
+    hooks.max_calls = None
     net.admit(bob, [("h323-ID", "bob")], call_id=call.call_id, conference_id=call.conference_id, answer=True)
-    assert policy.admissions[-1].first_for_call and policy.charged == {ras.guid_str(call.call_id): 1}
+    assert hooks.admissions[-1].first_for_call and hooks.charged == {ras.guid_str(call.call_id): 1}
 
 
 def test_notification_hook_errors_are_counted_and_do_not_break_release():
-    net, gk, policy, alice, bob = two_endpoints()
+    net, gk, hooks, alice, bob = two_endpoints()
     call = call_between(net, alice, bob)
 
     def broken(*args):
         raise RuntimeError("metering bug")
 
-    policy.on_call_ended = broken
+    hooks.on_call_ended = broken
     assert net.ask(alice, alice.drq(call)).short == "DCF"
-    assert len(gk.calls) == 0 and gk.counters.policy_errors == 1 and gk.counters.internal_errors == 0
+    assert len(gk.calls) == 0 and gk.counters.hook_errors == 1 and gk.counters.internal_errors == 0
 
 
 # ----------------------------------------------------------------------------- any sequence of events
@@ -155,8 +169,8 @@ OPS = st.lists(st.tuples(st.sampled_from(["rrq", "rereg", "keepalive", "urq", "p
 def test_any_sequence_returns_every_count_to_zero(ops):
     """Principle 4 and R9: whatever happens, on shutdown every charged call has ended once and every
     registered alias has been unregistered once; the tables are empty."""
-    policy = RecordingPolicy(max_calls=2)
-    net, gk = standalone_net(policy, time_to_live=120, irr_frequency=30, irr_timeout=6)
+    hooks = RecordingHooks(max_calls=2)
+    net, gk = standalone_net(hooks, time_to_live=120, irr_frequency=30, irr_timeout=6)
     eps = [net.endpoint(5001 + i, [("h323-ID", f"u{i}"), ("dialledDigits", f"{1000 + i}")]) for i in range(3)]
     for op, i, j in ops:
         ep, other = eps[i], eps[j]
@@ -184,9 +198,9 @@ def test_any_sequence_returns_every_count_to_zero(ops):
             net.tick(net.now + 40 * (j + 1))
         elif op == "mute":
             ep.answers_requests = not ep.answers_requests
-        assert policy.in_use == len(gk.calls) <= 2
+        assert hooks.in_use == len(gk.calls) <= 2
     net.deliver_all(GK, gk.close(net.now))
-    assert policy.in_use == 0 and not policy.held
-    assert sorted(policy.charged) == sorted(policy.ended)
+    assert hooks.in_use == 0 and not hooks.held
+    assert sorted(hooks.charged) == sorted(hooks.ended)
     assert len(gk.calls) == 0 and len(gk.registrations) == 0 and not gk.registrations.by_alias
-    assert gk.counters.internal_errors == 0 and gk.counters.policy_errors == 0
+    assert gk.counters.internal_errors == 0 and gk.counters.hook_errors == 0

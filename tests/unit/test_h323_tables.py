@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from meter.codecs.ras import Alias, TransportAddress
-from meter.h323.calls import CallRecord, CallTable, Leg, call_key
-from meter.h323.policy import Party
+from meter.h323.calls import CallTable, Leg, RasCall, call_key
+from meter.h323.hooks import Party
 from meter.h323.registrations import Registration, RegistrationTable, alias_key, encodable, unique_aliases
 
 A = TransportAddress("127.0.0.1", 1720)
@@ -77,7 +77,7 @@ def test_call_key_prefers_the_call_identifier_then_the_conference_id():
 def test_call_table_indexes_legs_by_endpoint():
     calls = CallTable()
     key = bytes(range(16))
-    call = CallRecord(key, key, key, 0.0, 0.0, Party(()), Party(()), "h323", 100)
+    call = RasCall(key, key, key, 0.0, 0.0, Party(()), Party(()), "h323", 100)
     calls.add(call)
     calls.add_leg(call, Leg("e1", False, 1, 100, A, 0.0, 0.0))
     calls.add_leg(call, Leg("e2", True, 1, 100, B, 0.0, 0.0))

@@ -7,12 +7,12 @@ import os
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from meter.cluster.pool import MemoryPool
 from meter.licensing.keys import PREFIX, KeyRefused, decode_key, issue_key, verify_key
 from meter.licensing.keytable import APPLIED_LIMIT, OptionKeyTable
 from meter.licensing.model import License
-from meter.licensing.node import NodeLicensing
 from meter.licensing.options import OPTIONS
+from meter.licensing.pool import MemoryPool
+from meter.store.node_licensing import NodeLicensing
 
 ISSUER = Ed25519PrivateKey.generate()
 PUBLIC = ISSUER.public_key()
@@ -149,7 +149,7 @@ def test_k3_restart_required_keys_wait_for_a_restart_with_an_alarm(tmp_path):
 
 
 def issue_key_for(node, option, quantity=1, expires=None):
-    from meter.licensing.store import load_issuer
+    from meter.store.licensing import load_issuer
 
     return issue_key(load_issuer(node.store.issuer_key_path), serial=node.serial, option=option,
                      quantity=quantity, expires=expires, issued_at=NOW)

@@ -2,14 +2,14 @@
 
 import pytest
 
-from meter.licensing import platforms
+from meter import catalogs
 from meter.licensing.calls import CallFacts, classify_call
 from meter.licensing.ledger import Ledger
 from meter.licensing.model import Kind, License, Media
 from meter.licensing.platforms import Platform
 from meter.licensing.registrations import RegistrationCharge
 
-LARGE = platforms.get("large_vm")
+LARGE = catalogs.platform("large_vm")
 B2B = ("local", "E", "sip"), ("external", "", "sip")  # registered endpoint to the Internet, on E
 
 
@@ -21,8 +21,8 @@ SETUP, AUDIO, VIDEO = b2b(None), b2b(1), b2b(2)
 REGISTERED_CALL = classify_call(CallFacts("E", "local", "E", "sip", "local", "E", "sip", m_lines=2))
 
 
-def ledger(rms=0, platform=LARGE, mode="enforce", **licenses):
-    book = Ledger("n1", "E", platform, mode=mode, now=0.0)
+def ledger(rms=0, platform=LARGE, enforcement="enforce", **licenses):
+    book = Ledger("n1", "E", platform, enforcement=enforcement, now=0.0)
     book.set_licenses({License.RMS: rms, **licenses}, 0.0)
     return book
 
@@ -46,12 +46,13 @@ def test_c4_seed_example_100_rms_carry_90_video_and_20_audio_sip_calls_and_not_o
     assert book.in_use(License.RMS) == 200  # half units: 90 * 2 + 20 * 1
     one_more = book.charge_call("video-90", VIDEO, 3.0)
     assert one_more.refused and one_more.reason == "rms_exhausted"
-    assert one_more.status == 503 and "P1" in one_more.rules
-    assert one_more.text == "Rich media session licenses exhausted"
+    assert one_more.refusal.sip_status == 503 and "P1" in one_more.rules
+    assert one_more.text == "No Rich Media Session license available"
     snap = book.snapshot(3.0)
     assert snap.licenses[License.RMS].in_use == 100.0 and snap.licenses[License.RMS].capacity == 100
     assert snap.calls_by_media[Media.VIDEO] == 90 and snap.calls_by_media[Media.AUDIO_SIP] == 20
     assert snap.refusals == {"rms_exhausted": 1}
+    assert book.refusals == {("rms", "rms_exhausted", "enforce"): 1}  # the one count, for the metric
 
 
 def test_c4_two_audio_calls_share_one_rms():
@@ -237,14 +238,15 @@ def test_recharging_a_key_replaces_its_charge_and_is_refused_whole():
 
 # ---- enforce / observe, release, snapshot --------------------------------------------------
 
-def test_observe_mode_never_refuses_but_counts_each_would_be_refusal_by_reason():
-    book = ledger(rms=1, mode="observe")
+def test_observe_never_refuses_but_counts_each_would_be_refusal_by_reason():
+    book = ledger(rms=1, enforcement="observe")
     decisions = [book.charge_call(i, VIDEO, 1.0) for i in range(3)]
     assert all(d.ok for d in decisions)
     assert [d.observed for d in decisions] == [False, True, True]
     assert decisions[1].reason == "rms_exhausted" and "P1" in decisions[1].rules
     snap = book.snapshot(1.0)
     assert snap.would_refuse == {"rms_exhausted": 2} and snap.refusals == {}
+    assert book.refusals == {("rms", "rms_exhausted", "observe"): 2}
     assert snap.licenses[License.RMS].in_use == 3.0  # over capacity, as observed
     assert book.release_all(2.0) == 3 and book.in_use(License.RMS) == 0
 
@@ -269,9 +271,20 @@ def test_snapshot_is_plain_data_for_metrics_and_the_api():
     data = book.snapshot(1.0).to_dict()
     assert data["licenses"]["rms"] == {"license": "rms", "in_use": 1.0, "in_use_cluster": 1.0, "capacity": 10}
     assert data["calls_by_license"]["rms"] == 1 and data["call_capacity"] == 500
-    assert data["mode"] == "enforce" and data["role"] == "E"
+    assert data["enforcement"] == "enforce" and data["role"] == "E"
 
 
-def test_bad_mode_is_refused():
-    with pytest.raises(ValueError, match="mode"):
-        Ledger("n1", "E", LARGE, mode="lenient")
+def test_bad_enforcement_is_refused():
+    with pytest.raises(ValueError, match="enforcement"):
+        Ledger("n1", "E", LARGE, enforcement="lenient")
+
+
+def test_set_enforcement_switches_between_refusing_and_observing_and_counts_under_each():
+    book = ledger(rms=1)
+    assert book.charge_call("first", VIDEO, 1.0).ok
+    assert book.charge_call("second", VIDEO, 1.0).refused
+    book.set_enforcement("observe")
+    assert book.charge_call("third", VIDEO, 1.0).observed
+    assert book.refusals == {("rms", "rms_exhausted", "enforce"): 1, ("rms", "rms_exhausted", "observe"): 1}
+    with pytest.raises(ValueError, match="enforcement"):
+        book.set_enforcement("lenient")

@@ -4,11 +4,11 @@ import sqlite3
 
 import pytest
 
-from meter.licensing import modes
+from meter.licensing import license_mode
 from meter.licensing.keys import KeyRefused, issue_key
 from meter.licensing.model import License
-from meter.licensing.node import NodeLicensing
-from meter.licensing.store import StoreError, load_issuer
+from meter.store.licensing import StoreError, load_issuer
+from meter.store.node_licensing import NodeLicensing
 
 NOW = 1_700_000_000.0
 
@@ -25,9 +25,9 @@ def issue(node, option, quantity=1):
 def test_l1_pak_is_the_default_and_exactly_one_mode_is_active(tmp_path):
     """L1: two modes, one active; a fresh node is in PAK mode."""
     node = open_node(tmp_path)
-    assert node.mode == modes.PAK and not node.smart
+    assert node.license_mode == license_mode.PAK and not node.smart
     node.switch_to_smart()
-    assert node.mode == modes.SMART and node.mode in modes.MODES
+    assert node.license_mode == license_mode.SMART and node.license_mode in license_mode.LICENSE_MODES
     node.close()
 
 
@@ -38,14 +38,14 @@ def test_l2_smart_is_one_way_except_through_a_factory_reset_with_backup_and_conf
     node.add_key(issue(node, "RMS", 50), NOW)
     serial = node.serial
     node.switch_to_smart()
-    with pytest.raises(modes.ModeRefused, match="L2"):
-        modes.switch_to_pak(node.mode)
+    with pytest.raises(license_mode.ModeRefused, match="L2"):
+        license_mode.switch_to_pak(node.license_mode)
     with pytest.raises(StoreError, match="confirmation"):
         node.factory_reset(confirmed=False, backup_path=tmp_path / "never.sqlite")
-    assert not (tmp_path / "never.sqlite").exists() and node.mode == modes.SMART
+    assert not (tmp_path / "never.sqlite").exists() and node.license_mode == license_mode.SMART
 
     backup = node.factory_reset(confirmed=True, backup_path=tmp_path / "backup.sqlite")
-    assert node.mode == modes.PAK and node.statuses(NOW) == []
+    assert node.license_mode == license_mode.PAK and node.statuses(NOW) == []
     assert node.serial == serial  # like a hardware serial, kept
     with sqlite3.connect(backup) as saved:  # the backup holds the state before the reset
         assert saved.execute("SELECT value FROM meta WHERE key='mode'").fetchone() == ("smart",)
@@ -74,9 +74,9 @@ def test_l3_in_smart_mode_keys_cannot_be_added_and_have_no_effect(tmp_path):
 def test_l4_product_vcs_refuses_smart_mode(tmp_path):
     """L4: the vcs product does not support Smart licensing at all."""
     node = open_node(tmp_path, product="vcs")
-    with pytest.raises(modes.ModeRefused, match="L4"):
+    with pytest.raises(license_mode.ModeRefused, match="L4"):
         node.switch_to_smart()
-    assert node.mode == modes.PAK
+    assert node.license_mode == license_mode.PAK
     node.close()
     assert open_node(tmp_path).product == "vcs"  # the recorded product persists
 
@@ -87,7 +87,7 @@ def test_mode_serial_and_keys_survive_a_restart(tmp_path):
     serial, public = node.serial, node.public_key
     node.close()
     again = open_node(tmp_path)
-    assert again.mode == modes.SMART and again.serial == serial
+    assert again.license_mode == license_mode.SMART and again.serial == serial
     assert again.public_key.public_bytes_raw() == public.public_bytes_raw()
     again.close()
 

@@ -2,6 +2,7 @@
 
 import pytest
 
+from meter import catalogs
 from meter.licensing import platforms
 from meter.licensing.alarms import AlarmBoard
 from meter.licensing.model import Media
@@ -11,7 +12,7 @@ from meter.licensing.platforms import PlatformError
 def test_p3_r6_shipped_profiles_carry_the_seed_figures():
     """P3: large VM 500 concurrent video calls; R6: 5000 registrations on large VM, CE1100 and
     CE1200, MRA at most 5000 on CE1200 and 2500 on large VM and CE1100; P1: 150/500 RMS per peer."""
-    shipped = platforms.load()
+    shipped = catalogs.platforms()
     assert set(shipped) == {"small_vm", "medium_vm", "large_vm", "ce1100", "ce1200"}
     assert shipped["large_vm"].calls_video == 500
     for name in ("large_vm", "ce1100", "ce1200"):
@@ -23,7 +24,7 @@ def test_p3_r6_shipped_profiles_carry_the_seed_figures():
 
 
 def test_p3_video_and_audio_weights_fill_the_same_capacity():
-    large = platforms.get("large_vm")
+    large = catalogs.platform("large_vm")
     assert large.call_weight(Media.VIDEO) * 500 == large.call_units
     assert large.call_weight(Media.AUDIO_SIP) * 1000 == large.call_units
     assert large.call_weight(Media.SETUP) == large.call_weight(Media.VIDEO)  # C6
@@ -45,7 +46,7 @@ def test_a_bad_platforms_file_names_table_and_key(text, message):
 
 def test_unknown_platform_lists_the_known_ones():
     with pytest.raises(PlatformError, match="large_vm"):
-        platforms.get("huge_vm")
+        catalogs.platform("huge_vm")
 
 
 def test_alarms_are_raised_once_and_cleared_with_a_reason():

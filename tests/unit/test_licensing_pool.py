@@ -1,12 +1,12 @@
 """Cluster pooling through the pool interface, faked as two peers sharing one MemoryPool (P1, P2, P3, P4, P5)."""
 
-from meter.cluster.pool import GRACE_SECONDS, PEER_TIMEOUT_SECONDS, MemoryPool
-from meter.licensing import platforms
+from meter import catalogs
 from meter.licensing.calls import CallFacts, classify_call
 from meter.licensing.ledger import Ledger
 from meter.licensing.model import License
+from meter.licensing.pool import GRACE_SECONDS, PEER_TIMEOUT_SECONDS, MemoryPool
 
-LARGE = platforms.get("large_vm")
+LARGE = catalogs.platform("large_vm")
 VIDEO = classify_call(CallFacts("E", "local", "E", "sip", "external", "", "sip", m_lines=2))
 DAY = 24 * 3600.0
 

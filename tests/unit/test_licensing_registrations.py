@@ -2,13 +2,13 @@
 
 import pytest
 
-from meter.licensing import platforms
+from meter import catalogs
 from meter.licensing.devices import CatalogError, DeviceCatalog, parse_version
 from meter.licensing.ledger import Ledger
 from meter.licensing.model import Kind, License
 from meter.licensing.registrations import RegistrationFacts, classify_registration
 
-CATALOG = DeviceCatalog.load()
+CATALOG = catalogs.device_catalog()
 
 
 def sip(user_agent, role="C", path="direct", aliases=1):
@@ -114,7 +114,7 @@ def test_r7_h323_registrations_cannot_be_proxied():
 
 def test_r8_a_device_on_sip_and_h323_consumes_both_licenses():
     """R8: a DX80 registered over SIP (desktop) and over H.323 (room) takes one of each."""
-    book = Ledger("c1", "C", platforms.get("large_vm"), now=0.0)
+    book = Ledger("c1", "C", catalogs.platform("large_vm"), now=0.0)
     book.set_licenses({License.DESKTOP: 1, License.ROOM: 1}, 0.0)
     over_sip = sip("TANDBERG/529 (ce9.15.3.17) Cisco-DX80")
     over_h323 = classify_registration(RegistrationFacts("C", "h323", h323_product="Cisco DX80"), CATALOG)
@@ -128,7 +128,7 @@ def test_r9_one_license_per_alias_not_per_device():
     """R9: an MCU registering three aliases takes three room licenses."""
     charge = sip("TANDBERG/80 (S7.10)", aliases=3)
     assert (charge.license, charge.units, charge.aliases) == (License.ROOM, 3, 3)
-    book = Ledger("c1", "C", platforms.get("large_vm"), now=0.0)
+    book = Ledger("c1", "C", catalogs.platform("large_vm"), now=0.0)
     book.set_licenses({License.ROOM: 2}, 0.0)
     assert book.charge_registration("mcu", charge, 1.0).reason == "room_exhausted"
 
@@ -160,7 +160,7 @@ def test_a_lab_can_extend_the_catalog(tmp_path):
     path = tmp_path / "devices.toml"
     path.write_text('[defaults]\ntrains = ["TC", "CE"]\n'
                     '[[sip]]\nmodel = "Lab Desk"\nmatch = "^LabDesk/"\nclass = "desktop"\n')
-    lab = DeviceCatalog.load(path)
+    lab = catalogs.device_catalog(path)
     charge = classify_registration(RegistrationFacts("C", "sip", user_agent="LabDesk/1.0"), lab)
     assert (charge.model, charge.license) == ("Lab Desk", License.DESKTOP)
 

@@ -6,13 +6,12 @@ names the rule it proves.
 
 import pytest
 
-from meter.licensing import platforms
-from meter.licensing.devices import DeviceCatalog
+from meter import catalogs
 from meter.licensing.ledger import Ledger
 from meter.metering.join import Metering
 from meter.metering.sip import SipMetering, negotiated_m_lines
 from meter.sip.peer import Peer
-from meter.sip.policy import BindingInfo, CallInfo, RegisterInfo
+from meter.sip.hooks import BindingInfo, CallInfo, RegisterInfo
 from meter.zones import ZoneSettings, ZoneTable
 
 EX90_OLD = "TANDBERG/528 (TC7.3.2.14ad7cc) Cisco-EX90"
@@ -36,7 +35,7 @@ class Clock:
 
 def make_metering(*, rms=10, room=10, desktop=10, cmr=2, enforcement="enforce", mode="standalone"):
     clock = Clock()
-    ledger = Ledger("m1", "C", platforms.get("large_vm"), mode=enforcement, now=clock.now)
+    ledger = Ledger("m1", "C", catalogs.platform("large_vm"), enforcement=enforcement, now=clock.now)
     ledger.set_licenses({"rms": rms, "room": room, "desktop": desktop, "cmr": cmr}, clock.now)
     zones = ZoneTable([
         ZoneSettings(name="webex", kind="cloud_cmr", match=["domain:webex.com"]),
@@ -44,14 +43,14 @@ def make_metering(*, rms=10, room=10, desktop=10, cmr=2, enforcement="enforce", 
         ZoneSettings(name="b2b", kind="external", match=["domain:partner.example"]),
         ZoneSettings(name="cucm", kind="unified_cm", match=["domain:cucm.lab"], registered=True),
     ])
-    m = Metering(ledger, DeviceCatalog.load(), zones, role="C", node_name="m1", sip_mode=mode, clock=clock)
-    return m, SipMetering(m), clock
+    m = Metering(ledger, catalogs.device_catalog(), zones, role="C", node_name="m1", sip_mode=mode, clock=clock)
+    return m, SipMetering(m, inline=mode == "inline"), clock
 
 
 def register(policy, user, ua, *, expires=600, mode="standalone"):
     aor = f"sip:{user}@lab.test"
     verdict = policy.on_register(RegisterInfo(aor, (f"sip:{user}@127.0.0.1:40000",), ua, PHONE, expires,
-                                              f"cid-{user}", mode))
+                                              f"cid-{user}", mode == "inline"))
     if verdict.allowed and mode == "standalone":
         policy.on_bindings(aor, (BindingInfo(f"sip:{user}@127.0.0.1", expires, PHONE, ua),), ua, PHONE, 0)
     return verdict
@@ -59,7 +58,7 @@ def register(policy, user, ua, *, expires=600, mode="standalone"):
 
 def invite(policy, call_id, callee_uri, *, caller="alice", registered=False, source=PHONE):
     return policy.on_invite(CallInfo(call_id, f"sip:{caller}@lab.test", callee_uri.split(";")[0], callee_uri,
-                                     source, registered, VIDEO, "test"))
+                                     source, registered, False, VIDEO, "test"))
 
 
 def complete(policy, call_id, answer):
@@ -95,7 +94,7 @@ def test_r11_enforce_refuses_registration_when_pool_exhausted_with_503_and_warni
     assert not verdict.allowed and verdict.status == 503
     assert "Room System license" in verdict.reason and "room_exhausted" in verdict.warning
     assert "R11" in verdict.warning
-    assert m.refusals.counts[("room", "room_exhausted", "enforce")] == 1
+    assert m.ledger.refusals[("room", "room_exhausted", "enforce")] == 1
     assert m.ledger.in_use("room") == 1
 
 
@@ -103,27 +102,30 @@ def test_r11_observe_lets_registration_through_and_counts_would_be_refusal():
     m, policy, _ = make_metering(room=1, enforcement="observe")
     register(policy, "room1", ROOM_KIT)
     assert register(policy, "room2", ROOM_KIT).allowed
-    assert m.refusals.counts[("room", "room_exhausted", "observe")] == 1
+    assert m.ledger.refusals[("room", "room_exhausted", "observe")] == 1
     assert m.ledger.in_use("room") == 2
 
 
-def test_inline_reservation_lapses_when_upstream_never_confirms():
+def test_inline_reservation_released_when_upstream_refuses():
     m, policy, clock = make_metering(mode="inline")
     verdict = policy.on_register(RegisterInfo("sip:x@lab.test", ("sip:x@127.0.0.1",), ROOM_KIT, PHONE, 600,
-                                              "cid", "inline"))
-    assert verdict.allowed and m.ledger.in_use("room") == 1
-    clock.now += 33
-    m.tick(clock.now)
+                                              "cid", True))
+    assert verdict.allowed and m.ledger.in_use("room") == 1 and m.registration_views()[0]["pending"]
+    policy.on_register_failed("sip:x@lab.test", "cid", "rejected 401")
     assert m.ledger.in_use("room") == 0 and not m.registrations
 
 
-def test_inline_confirmed_registration_survives_the_reservation_window():
+def test_inline_confirmed_registration_survives_a_refused_refresh():
+    """A registrar that challenges every REGISTER (401 on each refresh) must not release the alias
+    its earlier 200 OK confirmed: only a pending reservation is released (R9, one license per alias)."""
     m, policy, clock = make_metering(mode="inline")
-    policy.on_register(RegisterInfo("sip:x@lab.test", ("sip:x@127.0.0.1",), ROOM_KIT, PHONE, 600, "cid", "inline"))
+    policy.on_register(RegisterInfo("sip:x@lab.test", ("sip:x@127.0.0.1",), ROOM_KIT, PHONE, 600, "cid", True))
     policy.on_bindings("sip:x@lab.test", (BindingInfo("sip:x@127.0.0.1", 600, PHONE, ROOM_KIT),), ROOM_KIT, PHONE, 0)
+    policy.on_register(RegisterInfo("sip:x@lab.test", ("sip:x@127.0.0.1",), ROOM_KIT, PHONE, 600, "cid", True))
+    policy.on_register_failed("sip:x@lab.test", "cid", "rejected 401")
     clock.now += 60
     m.tick(clock.now)
-    assert m.ledger.in_use("room") == 1
+    assert m.ledger.in_use("room") == 1 and not m.registration_views()[0]["pending"]
 
 
 def test_c1_local_to_local_call_takes_no_rms():
@@ -204,7 +206,7 @@ def test_c4_enforce_refuses_call_when_rms_exhausted_observe_counts_it():
     observing, opolicy, _ = make_metering(rms=1, enforcement="observe")
     invite(opolicy, "c1", "sip:+1@itsp.example")
     assert invite(opolicy, "c2", "sip:+2@itsp.example").allowed
-    assert observing.refusals.counts[("rms", "rms_exhausted", "observe")] == 1
+    assert observing.ledger.refusals[("rms", "rms_exhausted", "observe")] == 1
 
 
 @pytest.mark.parametrize("cause", ["bye", "cancelled", "486", "timeout", "max dialog age", "node shutdown"])

@@ -78,7 +78,7 @@ def test_ras_datagrams_are_timed_under_protocol_h323_next_to_sip():
 
 
 def test_timed_full_gc_passes_are_exported():
-    from meter.collector import FullCollections
+    from meter.gc_timer import FullCollections
 
     m, _, _ = make_metering(room=1, desktop=1, rms=1)
     node = SimpleNamespace(metering=m, sip=None, ras=None, pool_sync=None, latency=None, latency_ras=None,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from meter.codecs.sip import Request, Response, make_response, parse
-from meter.sip.policy import ALLOW, Verdict
+from meter.sip.hooks import ALLOW, Verdict
 from tests.sipclient import LAB_ANSWER, LAB_RR, CoreLab, Phone, Recorder
 
 ALICE = ("10.0.0.2", 5062)

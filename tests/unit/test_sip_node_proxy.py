@@ -8,7 +8,7 @@ import pytest
 
 from meter.codecs.sip import Request, Response, make_response, parse
 from meter.sip.peer import Peer
-from meter.sip.policy import Verdict
+from meter.sip.hooks import Verdict
 from tests.sipclient import LAB_ANSWER, LAB_OFFER, LAB_RR, CoreLab, Phone, Recorder
 
 RR = LAB_RR
@@ -39,11 +39,23 @@ def test_register_200_lists_bindings_and_tells_the_policy():
     assert lab.core.binding_views()[0]["aor"] == "sip:alice@lab.test"
 
 
-def test_register_too_brief_gets_423_min_expires():
+def test_register_too_brief_gets_423_min_expires_and_is_never_charged():
     lab = Lab()
     lab.feed(lab.alice.register(10), lab.alice)
     resp, _ = lab.net.only()
     assert resp.status == 423 and resp.header("min-expires") == "60"
+    assert lab.policy.log == []  # the registrar's checks come before the metering hook: nothing to refund
+
+
+def test_register_over_the_contact_limit_gets_503_and_is_never_charged():
+    from meter.sip.location import MAX_BINDINGS_PER_AOR
+
+    lab = Lab()
+    contacts = ", ".join(f"<sip:alice@10.0.0.2:{6000 + i}>" for i in range(MAX_BINDINGS_PER_AOR + 1))
+    lab.feed(lab.alice.register(600, contact=contacts), lab.alice)
+    resp, _ = lab.net.only()
+    assert resp.status == 503 and "too many contacts" in resp.reason
+    assert lab.policy.log == []
 
 
 def test_star_unregister_and_expiry_report_empty_bindings():
@@ -346,7 +358,7 @@ def test_policy_exception_answers_500_and_the_node_keeps_going(hook, request_kin
     req = lab.alice.request("INVITE", "sip:bob@lab.test") if request_kind == "INVITE" else lab.alice.register(600)
     lab.feed(req, lab.alice)
     assert [m.status for m, _ in lab.net.take()] == [500]
-    assert lab.core.counters.policy_errors == 1
+    assert lab.core.counters.hook_errors == 1
     lab.feed(lab.alice.request("OPTIONS", "sip:10.0.0.1"), lab.alice)
     assert lab.net.only()[0].status == 200
 
@@ -415,6 +427,44 @@ def test_inline_register_goes_upstream_with_path_and_bindings_are_learned():
     assert [(b["aor"], b["contact"], b["expires"]) for b in lab.core.binding_views()] == [
         ("sip:alice@lab.test", "sip:alice@10.0.0.2:5062", 300)]
     assert lab.policy.log[-1] == ("bindings", "sip:alice@lab.test", ("sip:alice@10.0.0.2:5062",))
+
+
+@pytest.mark.parametrize("status", [401, 403, 407])
+def test_inline_register_refused_upstream_releases_its_reservation_at_once(status):
+    """An upstream's digest challenge or refusal settles the REGISTER: its reservation is released
+    when the answer passes, not when a timer lapses (R9: no license without a binding)."""
+    from tests.unit.test_metering import ROOM_KIT, make_metering
+    from meter.metering.sip import SipMetering
+
+    metering, _, _ = make_metering(mode="inline")
+    lab = Lab(mode="inline", policy=SipMetering(metering, inline=True))
+    reg = lab.alice.register(600, headers=[("User-Agent", ROOM_KIT)])
+    lab.feed(reg, lab.alice)
+    fwd, _ = lab.net.only()
+    assert metering.ledger.in_use("room") == 1 and metering.registration_views()[0]["pending"]
+    lab.feed(make_response(fwd, status, to_tag="up"), UPSTREAM)
+    relayed, _ = lab.net.only()
+    assert relayed.status == status  # the challenge passes through untouched
+    assert metering.ledger.in_use("room") == 0 and not metering.registrations
+
+
+def test_inline_register_the_upstream_never_answers_is_released_at_timer_f():
+    lab = Lab(mode="inline")
+    lab.feed(lab.alice.register(600), lab.alice)
+    lab.net.take()
+    lab.clock.advance(64 * 0.5 + 0.1)  # Timer F (RFC 3261 §17.1.2.2)
+    timeout = [m for m, _ in lab.net.take() if isinstance(m, Response)]
+    assert [m.status for m in timeout] == [408]
+    assert lab.policy.events("register_failed") == [("register_failed", "sip:alice@lab.test", "timeout")]
+
+
+def test_inline_register_answered_200_is_not_reported_failed():
+    lab = Lab(mode="inline")
+    lab.feed(lab.alice.register(600), lab.alice)
+    fwd, _ = lab.net.only()
+    lab.feed(make_response(fwd, 200, to_tag="up", headers=[("Contact", "<sip:alice@10.0.0.2:5062>;expires=300")]),
+             UPSTREAM)
+    assert not lab.policy.events("register_failed") and lab.policy.events("bindings")
 
 
 def test_inline_spiral_through_the_upstream_is_one_call_with_one_end():

@@ -7,7 +7,7 @@ import pytest
 from meter.codecs.sip import parse_name_addr, parse_uri
 from meter.sip.dialogs import ANSWERED, CONFIRMED, DIALOG_CONFIRMED, DIALOG_EARLY, EARLY, Call, DialogTable
 from meter.sip.peer import Peer
-from meter.sip.registrar import MAX_BINDINGS_PER_AOR, Registrar, RegistrarError, RegisterRequest
+from meter.sip.location import MAX_BINDINGS_PER_AOR, LocationService, RegistrarError, RegisterRequest
 
 SRC = Peer("udp", "10.0.0.2", 5062)
 AOR = "sip:alice@lab.test"
@@ -19,7 +19,7 @@ def req(*contacts: str, expires=None, star=False, call_id="c1", cseq=1):
 
 @pytest.fixture
 def reg():
-    return Registrar(min_expires=60, max_expires=3600, default_expires=1800)
+    return LocationService(min_expires=60, max_expires=3600, default_expires=1800)
 
 
 def test_register_binds_with_header_expires_and_lists_bindings(reg):
@@ -116,7 +116,7 @@ def test_too_many_contacts_for_one_aor_is_refused(reg):
 def test_learn_replaces_bindings_with_the_upstream_answer(reg):
     mine = parse_name_addr("<sip:alice@10.0.0.2:5062>")
     other = parse_name_addr("<sip:alice@10.9.9.9:5060>")
-    from meter.sip.registrar import contact_key
+    from meter.sip.location import contact_key
 
     change = reg.learn(AOR, [(mine, 60), (other, 30)], call_id="c", cseq=1, source=SRC,
                        sent={contact_key(mine.uri)}, user_agent="ua/1", now=0.0)

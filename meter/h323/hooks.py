@@ -1,6 +1,7 @@
-"""Where the RAS gatekeeper asks licensing and metering what to do (DESIGN.md principle 4).
+"""The RAS gatekeeper's hook contract: where it tells the metering join what happens (DESIGN.md principle 4).
 
-The gatekeeper calls a :class:`RasPolicy` at fixed points; the metering join plugs in there. The
+Hooks, not policy: the gatekeeper calls a :class:`RasHooks` object at fixed points and the metering
+join (``meter.metering.h323``) plugs in there; the licensing decisions stay in the join. The
 contract the gatekeeper keeps (standalone and inline alike):
 
 - ``on_register`` before every full RRQ is confirmed (standalone) or forwarded upstream (inline);
@@ -11,17 +12,21 @@ contract the gatekeeper keeps (standalone and inline alike):
   registration repeats the aliases it kept). ``on_unregistered`` when aliases stop being held: URQ
   (either direction), time-to-live expiry, node shutdown, or a re-registration that dropped some.
   Every alias reported by ``on_registered`` is reported by exactly one later ``on_unregistered``.
+  Aliases are compared as the registration table does (``registrations.alias_key``): one
+  alias, however an endpoint spells it from one RRQ to the next.
 - ``on_admission`` for every ARQ of a call, caller's and callee's (``answerCall``); a refusal
   answers ARJ with the verdict's reason. ``first_for_call`` is True for the first ARQ of a call the
   node sees: charge on that one only (a call is one license however many of its parties ask).
   For every call whose first ARQ was allowed, ``on_call_ended`` follows exactly once: DRQ, URQ or
   expiry of a party, missed IRR, node shutdown, or (inline) an upstream ARJ/timeout.
-- ``locate_sip`` answers "is this alias registered over SIP on this node, and where do calls to it
-  go?" so an H.323 call to a SIP-registered alias can be admitted (interworking, rule C9).
 
 Hooks run on the event loop, inline with message handling: they must be quick and must not block.
-An exception in a hook is logged and counted; ``on_register``/``on_admission`` then answer RRJ/ARJ
-``undefinedReason``.
+The gatekeeper calls them through ``meter.hooks.HookCaller``: an exception is logged
+(``ras.hook_error``) and counted (``hook_errors``); ``on_register``/``on_admission`` then answer
+RRJ/ARJ ``undefinedReason``.
+
+Not a hook: whether an alias is registered over SIP on this node (interworking, rule C9) is a
+lookup the gatekeeper gets at construction (``sip_locator``, see ``meter.h323.gatekeeper``).
 """
 
 from __future__ import annotations
@@ -93,7 +98,7 @@ class Party:
     """Its endpointIdentifier when it is registered here over H.323."""
     registered: str | None = None
     """"h323" (registered on this node as an H.323 endpoint), "sip" (its alias is SIP-registered on this
-    node: locate_sip found it) or None (not registered here)."""
+    node: the sip_locator found it) or None (not registered here)."""
     address: TransportAddress | None = None
     """Its call signalling address, when known."""
     vendor: Vendor | None = None
@@ -118,7 +123,7 @@ class AdmissionInfo:
     bandwidth: int
     """Requested bandwidth, both directions, in units of 100 bit/s (H.225.0 BandWidth)."""
     resolved: str | None
-    """How the destination was found: "h323" (an H.323 registration here), "sip" (locate_sip), or None
+    """How the destination was found: "h323" (an H.323 registration here), "sip" (the sip_locator), or None
     (dialled by address, or, inline, left to the upstream)."""
     call_type: str | None
     """"pointToPoint", "oneToN", "nToOne" or "nToN"."""
@@ -126,7 +131,7 @@ class AdmissionInfo:
     mode: str
 
 
-class RasPolicy(Protocol):
+class RasHooks(Protocol):
     def on_register(self, info: RegisterInfo) -> Verdict: ...
 
     def on_register_failed(self, info: RegisterInfo, cause: str) -> None: ...
@@ -140,11 +145,9 @@ class RasPolicy(Protocol):
 
     def on_call_ended(self, call_key: str, cause: str) -> None: ...
 
-    def locate_sip(self, alias: Alias) -> TransportAddress | None: ...
 
-
-class AllowAll:
-    """The default: everything passes, nothing is metered, no alias is SIP-registered."""
+class NoMetering:
+    """The default: everything passes, nothing is metered."""
 
     def on_register(self, info: RegisterInfo) -> Verdict:
         return ALLOW
@@ -163,6 +166,3 @@ class AllowAll:
 
     def on_call_ended(self, call_key, cause) -> None:
         pass
-
-    def locate_sip(self, alias) -> TransportAddress | None:
-        return None

@@ -1,10 +1,15 @@
-"""Where the SIP node asks licensing and metering what to do (DESIGN.md principle 4).
+"""The SIP node's hooks: where it asks the metering join what to do (DESIGN.md principle 4).
 
-The node calls a :class:`SipPolicy` at fixed points; the licensing join plugs in there later. The
+The node calls a :class:`SipHooks` at fixed points; ``meter.metering.sip`` plugs in there. The
 contract the node keeps:
 
-- ``on_register`` before a REGISTER is accepted (standalone) or forwarded (inline); a refusal
-  answers the REGISTER with the verdict's status, reason and a Warning.
+- ``on_register`` before a REGISTER is accepted (standalone: after the registrar's own checks,
+  Min-Expires and contact limits, so a REGISTER the registrar refuses never charges) or forwarded
+  (inline); a refusal answers the REGISTER with the verdict's status, reason and a Warning.
+- ``on_register_failed`` (inline) when a REGISTER that ``on_register`` allowed gets no 2xx from the
+  upstream: a final non-2xx (a 401/407 digest challenge, 403...) or no answer (Timer F, RFC 3261
+  §17.1.2.2). What the REGISTER reserved can be released at once; a binding the upstream confirmed
+  earlier is not affected (it ends through ``on_bindings``).
 - ``on_bindings`` after a registration change is confirmed: standalone accept, upstream 200 OK,
   expiry, unregister, node shutdown. An empty ``bindings`` means the alias is no longer registered.
 - ``on_invite`` once per initial INVITE of a call (a spiral back through the node is the same call);
@@ -50,6 +55,8 @@ class Verdict:
 
 
 ALLOW = Verdict()
+# What ``on_register``/``on_invite`` answer when the hook itself raised (logged and counted).
+HOOK_FAILED = Verdict(False, 500, "Server Internal Error", "hook error")
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +72,9 @@ class RegisterInfo:
     expires: int
     """Requested lifetime in seconds (Expires header, else the first Contact's expires, else the default); 0 = remove."""
     call_id: str
-    mode: str
-    """"standalone" or "inline"."""
+    forwarded: bool
+    """True inline: the upstream registrar decides, so a charge is only a reservation until its 2xx
+    (``on_bindings``) or its refusal (``on_register_failed``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,12 +99,16 @@ class CallInfo:
     source: Peer
     callee_registered: bool
     """True when the Request-URI's alias has a binding on this node (standalone or learned inline)."""
+    from_upstream: bool
+    """True when the request came from the upstream registrar (inline): it already placed the caller."""
     offer_sdp: bytes
     user_agent: str
 
 
-class SipPolicy(Protocol):
+class SipHooks(Protocol):
     def on_register(self, info: RegisterInfo) -> Verdict: ...
+
+    def on_register_failed(self, aor: str, call_id: str, cause: str) -> None: ...
 
     def on_bindings(
         self, aor: str, bindings: tuple[BindingInfo, ...], user_agent: str, source: Peer | None, now: float
@@ -117,11 +129,14 @@ class SipPolicy(Protocol):
         ...
 
 
-class AllowAll:
+class NoMetering:
     """The default: everything passes, nothing is metered."""
 
     def on_register(self, info: RegisterInfo) -> Verdict:
         return ALLOW
+
+    def on_register_failed(self, aor, call_id, cause) -> None:
+        pass
 
     def on_bindings(self, aor, bindings, user_agent, source, now) -> None:
         pass

@@ -1,8 +1,8 @@
-"""Durable licensing state in SQLite under the node's state directory.
+"""Durable licensing state in SQLite under the node's state directory, and the issuer key files.
 
-This is the package's one I/O module (the domain modules never import it): option keys, the
-license mode, alarms, the node serial, the trusted issuer public key and recent usage snapshots,
-all surviving a restart (DESIGN.md principle 4).
+Option keys, the license mode, alarms, the node serial, the trusted issuer public key and recent
+usage snapshots, all surviving a restart (DESIGN.md principle 4). The licensing domain
+(``meter.licensing``) never imports this module: it gets key rows, alarms and keys from here.
 
 First use creates what is missing: the node serial (random, like a hardware serial) and, for a
 lab, an issuer key pair file ``issuer-ed25519.pem`` whose public key the node then trusts. A
@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 
 from meter.licensing.alarms import Alarm
-from meter.licensing.modes import DEFAULT_MODE
+from meter.licensing.license_mode import DEFAULT_LICENSE_MODE
 
 DB_NAME = "licensing.sqlite"
 ISSUER_KEY_NAME = "issuer-ed25519.pem"
@@ -93,11 +93,11 @@ class LicensingStore:
         return serial
 
     @property
-    def mode(self) -> str:
-        return self.get_meta("mode", DEFAULT_MODE)
+    def license_mode(self) -> str:
+        return self.get_meta("mode", DEFAULT_LICENSE_MODE)
 
-    @mode.setter
-    def mode(self, value: str) -> None:
+    @license_mode.setter
+    def license_mode(self, value: str) -> None:
         self.set_meta("mode", value)
 
     # ---- issuer keys --------------------------------------------------------------------
@@ -222,24 +222,21 @@ def create_issuer(path: str | Path) -> Ed25519PrivateKey:
 
 
 def load_issuer(path: str | Path) -> Ed25519PrivateKey:
-    try:
-        key = load_pem_private_key(Path(path).read_bytes(), password=None)
-    except OSError as exc:
-        raise StoreError(f"{path}: cannot read issuer key: {exc.strerror}") from None
-    except ValueError as exc:
-        raise StoreError(f"{path}: not a PEM private key: {exc}") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise StoreError(f"{path}: expected an Ed25519 private key")
-    return key
+    return _load_pem(path, lambda data: load_pem_private_key(data, password=None), Ed25519PrivateKey, "private")
 
 
 def load_public(path: str | Path) -> Ed25519PublicKey:
+    return _load_pem(path, load_pem_public_key, Ed25519PublicKey, "public")
+
+
+def _load_pem(path: str | Path, load, expected: type, kind: str):
+    """An Ed25519 key from a PEM file; a StoreError naming the file and what is wrong with it."""
     try:
-        key = load_pem_public_key(Path(path).read_bytes())
+        key = load(Path(path).read_bytes())
     except OSError as exc:
-        raise StoreError(f"{path}: cannot read public key: {exc.strerror}") from None
+        raise StoreError(f"{path}: cannot read {'issuer' if kind == 'private' else kind} key: {exc.strerror}") from None
     except ValueError as exc:
-        raise StoreError(f"{path}: not a PEM public key: {exc}") from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise StoreError(f"{path}: expected an Ed25519 public key")
+        raise StoreError(f"{path}: not a PEM {kind} key: {exc}") from None
+    if not isinstance(key, expected):
+        raise StoreError(f"{path}: expected an Ed25519 {kind} key")
     return key

@@ -1,4 +1,4 @@
-"""meter.collector: the node makes no cyclic garbage per message, so Python's automatic full
+"""meter.gc_timer: the node makes no cyclic garbage per message, so Python's automatic full
 collections (a stop of tens of milliseconds under load, measured in BENCHMARKS.md) are replaced by
 one on a timer. These tests hold the assumption and the mechanism."""
 
@@ -10,7 +10,7 @@ import gc
 import pytest
 
 from bench import hotpath
-from meter.collector import FullCollections
+from meter.gc_timer import FullCollections
 
 
 @pytest.mark.parametrize("flow", ["register", "refresh", "inline", "call"])
@@ -90,9 +90,9 @@ def test_ras_registrations_and_garbage_datagrams_leave_no_cyclic_garbage():
     # The same assumption for H.225.0 RAS through pycrate: R4 registrations and undecodable bytes.
     import random
 
-    from tests.rasclient import RecordingPolicy, standalone_net
+    from tests.rasclient import RecordingHooks, standalone_net
 
-    net, gk = standalone_net(RecordingPolicy())
+    net, gk = standalone_net(RecordingHooks())
     endpoints = [net.endpoint(6000 + i, [("h323-ID", f"u{i}"), ("dialledDigits", str(1000 + i))]) for i in range(40)]
     net.register(endpoints[0])  # pycrate's first use builds its tables: not per-message garbage
     gk.receive(b"\x00" * 5, ("127.0.0.1", 1), 1000.0)

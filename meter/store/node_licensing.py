@@ -1,4 +1,4 @@
-"""One node's licensing state, put together: durable store, option keys, mode and alarms.
+"""One node's licensing state, put together: durable store, option keys, license mode and alarms.
 
 Used by the CLI (one command, then exit) and by the running node (at start-up, on key changes,
 and when a demo key expires: see ``next_change``). The ledger is separate and fed from here:
@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from meter.licensing import modes
 from meter.licensing.alarms import AlarmBoard
 from meter.licensing.keytable import AddResult, Grants, Installed, KeyStatus, OptionKeyTable
+from meter.licensing.license_mode import PRODUCTS, SMART, switch_to_smart
 from meter.licensing.options import KEY_ONLY_FEATURES, OPTIONS
-from meter.licensing.store import LicensingStore
+from meter.store.licensing import LicensingStore
 
 RESTART_ALARM = "restart-required"
 
@@ -22,8 +22,8 @@ class NodeLicensing:
     def __init__(self, store: LicensingStore, *, product: str | None = None) -> None:
         self.store = store
         if product is not None:
-            if product not in modes.PRODUCTS:
-                raise ValueError(f"product: expected one of {modes.PRODUCTS}, got {product!r}")
+            if product not in PRODUCTS:
+                raise ValueError(f"product: expected one of {PRODUCTS}, got {product!r}")
             store.set_meta("product", product)
         self.serial = store.serial
         self.public_key = store.issuer_public_key()
@@ -39,9 +39,15 @@ class NodeLicensing:
     def close(self) -> None:
         self.store.close()
 
+    def __enter__(self) -> NodeLicensing:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     @property
-    def mode(self) -> str:
-        return self.store.mode
+    def license_mode(self) -> str:
+        return self.store.license_mode
 
     @property
     def product(self) -> str:
@@ -49,7 +55,7 @@ class NodeLicensing:
 
     @property
     def smart(self) -> bool:
-        return self.mode == modes.SMART
+        return self.license_mode == SMART
 
     # ---- start-up -----------------------------------------------------------------------
 
@@ -95,11 +101,11 @@ class NodeLicensing:
     def next_change(self, now: float) -> float | None:
         return None if self.smart else self.keys.next_change(now)
 
-    # ---- modes (L1-L4) ------------------------------------------------------------------
+    # ---- license mode (L1-L4) -----------------------------------------------------------
 
     def switch_to_smart(self) -> str:
-        new = modes.switch_to_smart(self.mode, self.product)  # raises ModeRefused for vcs (L4)
-        self.store.mode = new
+        new = switch_to_smart(self.license_mode, self.product)  # raises ModeRefused for vcs (L4)
+        self.store.license_mode = new
         return new
 
     def factory_reset(self, *, confirmed: bool, backup_path: str | Path | None = None,
@@ -119,7 +125,7 @@ class NodeLicensing:
         grants = self.grants(now)
         return {
             "serial": self.serial,
-            "mode": self.mode,
+            "mode": self.license_mode,
             "product": self.product,
             "keys": [status._asdict() for status in self.statuses(now)],
             "quantities": {str(k): v for k, v in sorted(grants.quantities.items())},

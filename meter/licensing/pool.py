@@ -1,17 +1,20 @@
-"""License pool shared by the peers of a cluster: the interface, and the in-memory store.
+"""The license pool a ledger charges against: the interface, one peer's record, the in-memory pool.
 
-A node's ledger (meter.licensing.ledger) asks its pool two things on every charge: how many
+A node's ledger (``meter.licensing.ledger``) asks its pool two things on every charge: how many
 licenses of a type the cluster holds (P1 pooling, P2 grace for a lost peer) and how many the
 *other* peers are using. It tells the pool its own usage after every change. Everything here is
 synchronous and O(peers) (a cluster has at most six peers), so the sans-I/O core can call it on
-the hot path: a shared store (Redis, a later issue) implements the same methods over a local
-cache that its asyncio adapter keeps in sync, publishing this node's usage and heartbeat and
+the hot path. The shared store (``meter.cluster.redis_pool``) is a ``MemoryPool`` whose other
+peers' records its asyncio adapter replaces at each sync, publishing this node's record and
 reading the others'. Between two syncs a cluster can overshoot by what peers charged meanwhile;
 that is the price of never waiting for the network on a call set-up.
 
+One peer has two shapes: ``PeerRecord``, the state the pool holds (and the Redis store publishes
+as a hash), and ``PeerView``, a frozen read of it at a moment, with what ``now`` and the pool's
+timeouts make of it (alive or lost, until when its licenses count: P2).
+
 Units: usage is in the ledger's units (RMS in half units, C4); contributions and capacity are
-whole licenses. License types are plain strings ("rms", "room", ...): this module does not import
-meter.licensing.
+whole licenses. License types are plain strings ("rms", "room", ...).
 """
 
 from __future__ import annotations
@@ -28,8 +31,20 @@ GRACE_SECONDS = 14 * 24 * 3600.0
 PEER_TIMEOUT_SECONDS = 60.0
 
 
+@dataclass(slots=True)
+class PeerRecord:
+    """One peer's state in the pool: written by its own ledger, published whole by a shared store."""
+
+    name: str
+    last_seen: float                # the peer's heartbeat (its ledger's ``now``)
+    call_capacity: int = 0          # physical video-call capacity (P3)
+    calls_load: float = 0.0         # concurrent calls in video-call equivalents (P4)
+    contributed: dict[str, int] = field(default_factory=dict)  # licenses from this peer's keys (P1)
+    usage: dict[str, int] = field(default_factory=dict)        # units in use on this peer, by type
+
+
 class PeerView(NamedTuple):
-    """One peer as the pool sees it (K6: the current licenses of every cluster peer)."""
+    """One peer as the pool sees it at ``now`` (K6: the current licenses of every cluster peer)."""
 
     name: str
     alive: bool
@@ -58,25 +73,15 @@ class LicensePool(Protocol):
     def peers(self, now: float) -> list[PeerView]: ...
 
 
-@dataclass(slots=True)
-class _Peer:
-    name: str
-    last_seen: float
-    call_capacity: int = 0
-    calls_load: float = 0.0
-    contributed: dict[str, int] = field(default_factory=dict)
-    usage: dict[str, int] = field(default_factory=dict)
-
-
 class MemoryPool:
     """The default pool: one process, or several ledgers sharing this object (tests, P5)."""
 
     def __init__(self, *, grace: float = GRACE_SECONDS, peer_timeout: float = PEER_TIMEOUT_SECONDS) -> None:
         self.grace = grace
         self.peer_timeout = peer_timeout
-        self._peers: dict[str, _Peer] = {}
+        self._peers: dict[str, PeerRecord] = {}
 
-    def _peer(self, name: str) -> _Peer:
+    def _peer(self, name: str) -> PeerRecord:
         try:
             return self._peers[name]
         except KeyError:
@@ -85,7 +90,7 @@ class MemoryPool:
     def join(self, peer: str, now: float, *, call_capacity: int = 0) -> None:
         state = self._peers.get(peer)
         if state is None:
-            self._peers[peer] = _Peer(name=peer, last_seen=now, call_capacity=call_capacity)
+            self._peers[peer] = PeerRecord(name=peer, last_seen=now, call_capacity=call_capacity)
         else:
             state.last_seen = max(state.last_seen, now)
             state.call_capacity = call_capacity
@@ -105,7 +110,7 @@ class MemoryPool:
     def set_load(self, peer: str, calls_load: float) -> None:
         self._peer(peer).calls_load = calls_load
 
-    def _alive(self, state: _Peer, now: float, me: str) -> bool:
+    def _alive(self, state: PeerRecord, now: float, me: str) -> bool:
         return state.name == me or now - state.last_seen <= self.peer_timeout
 
     def capacity(self, license: str, now: float, me: str) -> int:

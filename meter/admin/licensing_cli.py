@@ -12,23 +12,26 @@
     meter factory-reset [--yes]             back to defaults, PAK mode; writes a backup first (L2)
 
 Every command takes ``--state-dir`` (default ``$METER_STATE_DIR`` or ``./state``). Each handler
-returns the exit status: 0 done, 1 refused or failed (with the reason on stderr).
+returns the exit status: 0 done, 1 refused or failed (with the reason on stderr). The commands
+work on the state directory directly (``meter.store``), so they need no running node.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import os
 import re
 import sys
 import time
+from collections.abc import Callable
 
-from meter.licensing import modes
+from meter.licensing import license_mode
 from meter.licensing.keys import KeyRefused, fingerprint, issue_key
-from meter.licensing.node import NodeLicensing
 from meter.licensing.options import OPTIONS
-from meter.licensing.store import LicensingStore, StoreError, create_issuer, load_issuer, load_public
+from meter.store.licensing import LicensingStore, StoreError, create_issuer, load_issuer, load_public
+from meter.store.node_licensing import NodeLicensing
 
 DEFAULT_STATE_DIR = "state"
 
@@ -77,7 +80,7 @@ def add_commands(subparsers) -> None:
 
     mode = subparsers.add_parser("mode", parents=[common], help="show the license mode, or 'mode smart'")
     mode.add_argument("target", nargs="?", type=str.lower, choices=["smart", "pak"])
-    mode.add_argument("--product", choices=modes.PRODUCTS, help="override the product the node recorded")
+    mode.add_argument("--product", choices=license_mode.PRODUCTS, help="override the product the node recorded")
     mode.set_defaults(func=cmd_mode)
 
     reset = subparsers.add_parser("factory-reset", parents=[common],
@@ -92,8 +95,17 @@ def _fail(message: str) -> int:
     return 1
 
 
-def _open(args) -> NodeLicensing:
-    return NodeLicensing.open(args.state_dir)
+def _on_node(command: Callable[[argparse.Namespace, NodeLicensing], int]) -> Callable[[argparse.Namespace], int]:
+    """Run ``command(args, node)`` on the state directory's licensing, closed afterwards; state that
+    cannot be read or written exits 1 with the file and why."""
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            with NodeLicensing.open(args.state_dir) as node:
+                return command(args, node)
+        except StoreError as exc:
+            return _fail(str(exc))
+    return run
 
 
 def _when(seconds: float | None) -> str:
@@ -177,16 +189,9 @@ def cmd_trust(args) -> int:
 
 # ---- xStatus / xConfiguration -------------------------------------------------------------
 
-def cmd_xstatus_options(args) -> int:
-    now = time.time()
-    try:
-        node = _open(args)
-    except StoreError as exc:
-        return _fail(str(exc))
-    try:
-        view = node.view(now)
-    finally:
-        node.close()
+@_on_node
+def cmd_xstatus_options(args, node: NodeLicensing) -> int:
+    view = node.view(time.time())
     print("*s Options:")
     for key in view["keys"]:
         quantity = f"{key['quantity']} " if OPTIONS.get(key["option"]) and OPTIONS[key["option"]].license else ""
@@ -203,12 +208,9 @@ def cmd_xstatus_options(args) -> int:
     return 0
 
 
-def cmd_xconfiguration_option(args) -> int:
+@_on_node
+def cmd_xconfiguration_option(args, node: NodeLicensing) -> int:
     now = time.time()
-    try:
-        node = _open(args)
-    except StoreError as exc:
-        return _fail(str(exc))
     try:
         if not args.value:
             removed = node.remove_key(args.index, now)
@@ -221,8 +223,6 @@ def cmd_xconfiguration_option(args) -> int:
         return _fail(f"option key refused: {exc}")
     except ValueError as exc:
         return _fail(str(exc))
-    finally:
-        node.close()
     option = OPTIONS[result.key.option]
     what = f"{result.key.quantity} {option.title}" if option.license else option.title
     print(f"option {result.index}: {what} (expires: {_when(result.key.expires)})")
@@ -231,22 +231,14 @@ def cmd_xconfiguration_option(args) -> int:
     return 0
 
 
-# ---- licenses, mode, factory reset --------------------------------------------------------
+# ---- licenses, license mode, factory reset ------------------------------------------------
 
-def cmd_licenses(args) -> int:
-    now = time.time()
-    try:
-        node = _open(args)
-    except StoreError as exc:
-        return _fail(str(exc))
-    try:
-        grants = node.grants(now)
-        usage = node.store.latest_usage()
-        alarms = node.store.alarms(active_only=True)
-        mode = node.mode
-    finally:
-        node.close()
-    print(f"mode: {mode.upper()}")
+@_on_node
+def cmd_licenses(args, node: NodeLicensing) -> int:
+    grants = node.grants(time.time())
+    usage = node.store.latest_usage()
+    alarms = node.store.alarms(active_only=True)
+    print(f"mode: {node.license_mode.upper()}")
     licenses = usage[1]["licenses"] if usage else {}
     print(f"{'pool':<8} {'keys':>6} {'in use':>8} {'cluster':>8} {'capacity':>9}")
     for pool in ("rms", "room", "desktop", "cmr"):
@@ -269,26 +261,21 @@ def cmd_licenses(args) -> int:
     return 0
 
 
-def cmd_mode(args) -> int:
-    try:
-        node = _open(args)
-    except StoreError as exc:
-        return _fail(str(exc))
+@_on_node
+def cmd_mode(args, node: NodeLicensing) -> int:
     try:
         if args.product:
             node.store.set_meta("product", args.product)
         if args.target is None:
-            print(f"license mode: {node.mode.upper()} (product {node.product})")
+            print(f"license mode: {node.license_mode.upper()} (product {node.product})")
             return 0
         if args.target == "pak":
-            modes.switch_to_pak(node.mode)  # refuses from Smart (L2)
+            license_mode.switch_to_pak(node.license_mode)  # refuses from Smart (L2)
             print("license mode: PAK")
             return 0
         node.switch_to_smart()
-    except modes.ModeRefused as exc:
+    except license_mode.ModeRefused as exc:
         return _fail(str(exc))
-    finally:
-        node.close()
     print("license mode: SMART (option keys no longer apply; back to PAK only through factory-reset)")
     return 0
 
@@ -300,14 +287,12 @@ def cmd_factory_reset(args) -> int:
         answer = sys.stdin.readline().strip().lower()
         if answer != "yes":
             return _fail("factory reset cancelled")
-    try:
-        node = _open(args)
-        try:
-            path = node.factory_reset(confirmed=True, backup_path=args.backup, now=time.time())
-        finally:
-            node.close()
-    except StoreError as exc:
-        return _fail(str(exc))
+    return _factory_reset(args)
+
+
+@_on_node
+def _factory_reset(args, node: NodeLicensing) -> int:
+    path = node.factory_reset(confirmed=True, backup_path=args.backup, now=time.time())
     print(f"backup written: {path}")
     print("licensing state reset: PAK mode, no option keys")
     return 0

@@ -1,0 +1,128 @@
+"""Where a request goes (RFC 3261 §16.4-16.6, §16.12; Kamailio's rr and lookup): the node's own
+Route entries, the location service, zone routing (an Expressway's search rules), the upstream
+registrar inline, and the next hop of in-dialog requests. Sans-I/O and stateless: it reads the
+location service and never sends.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+from meter.codecs.sip import Request, parse_name_addr
+from meter.sip.location import Binding, LocationService
+from meter.sip.peer import Peer
+from meter.sip.routing import LocalAddresses, over_flow, uri_peer, uri_transport
+
+
+class Target(NamedTuple):
+    uri: str | None  # new Request-URI, or None to keep it
+    peer: Peer
+
+
+class Located(NamedTuple):
+    """Where an initial request goes: its targets, or the refusal (status, reason) that answers it."""
+
+    targets: list[Target]
+    refusal: tuple[int, str] | None
+    callee_registered: bool  # the Request-URI's alias has a binding here (standalone or learned inline)
+
+
+class Router:
+    def __init__(self, *, local: LocalAddresses, location: LocationService, inline: bool,
+                 upstream: Peer | None, zone_route: Callable[[str], str | None] | None) -> None:
+        self.local = local
+        self.location = location
+        self.inline = inline
+        self.upstream = upstream
+        self._zone_route = zone_route
+
+    def pop_own_routes(self, req: Request) -> str | None:
+        """RFC 3261 §16.4: pop every topmost Route that names this node (two after a double
+        Record-Route, RFC 5658); the transport of the last one popped is the one to leave with."""
+        hint = None
+        while True:
+            top = req.header("route")
+            if top is None:
+                return hint
+            uri = parse_name_addr(top).uri
+            if not self.local.uri(uri):
+                return hint
+            req.pop_route()
+            hint = uri_transport(uri)
+
+    def for_node(self, req: Request) -> bool:
+        """Is the Request-URI the node itself (RFC 3261 §11.2: it answers OPTIONS to itself)?"""
+        uri = req.request_uri
+        if uri.user is None:
+            return True
+        return self.local.uri(uri) and not self.location.is_known(uri.aor)
+
+    def from_upstream(self, source: Peer) -> bool:
+        # Exact address only: over TCP the upstream may dial in from any port, but then its
+        # requests carry a registered contact as Request-URI (Path routing) and by_contact decides.
+        up = self.upstream
+        return up is not None and source.host == up.host and source.port == up.port
+
+    def locate(self, req: Request, source: Peer, now: float) -> Located:
+        """RFC 3261 §16.5-16.6: the target set of an initial request."""
+        uri = req.request_uri
+        bindings = self.location.lookup(uri.aor, now)
+        if req.has_header("route"):  # RFC 3261 §16.6 step 6-7: a pre-loaded route decides
+            return Located([Target(None, uri_peer(parse_name_addr(req.header("route")).uri))], None, bool(bindings))
+        hit = self.location.by_contact(uri, now)
+        if hit is not None:  # the Request-URI already is a registered contact (after the upstream's lookup)
+            return Located([Target(None, self.binding_peer(hit, uri))], None, True)
+        if not self.inline and bindings:  # RFC 3261 §16.5: the contacts are the target set (parallel fork)
+            return Located([Target(str(b.uri), self.binding_peer(b, b.uri)) for b in bindings], None, True)
+        upstream_sent = self.from_upstream(source)
+        if not bindings and not upstream_sent:
+            zone_hop = self.zone_hop(req)
+            if zone_hop is not None:
+                return Located([Target(None, zone_hop)], None, False)
+        if not self.inline:
+            if self.location.is_known(uri.aor):
+                return Located([], (480, "Temporarily Unavailable"), False)
+            return Located([], (404, "Not Found"), False)
+        if upstream_sent:  # the upstream already chose the target
+            if self.local.uri(uri):
+                return Located([], (404, "Not Found"), False)
+            return Located([Target(None, uri_peer(uri))], None, bool(bindings))
+        return Located([Target(None, self.upstream)], None, bool(bindings))
+
+    def zone_hop(self, req: Request) -> Peer | None:
+        """Zone routing (search rules): where a request no binding claims goes."""
+        target = self._zone_route(req.uri) if self._zone_route is not None else None
+        if target is None:
+            return None
+        if not target:
+            return uri_peer(req.request_uri)
+        host, _, port = target.rpartition(":")
+        return Peer("udp", host.strip("[]"), int(port))
+
+    def next_hop(self, req: Request, hint: str | None, now: float) -> Peer | None:
+        """RFC 3261 §16.12: in-dialog requests follow Route, then the Request-URI (the remote target)."""
+        if req.has_header("route"):
+            return uri_peer(parse_name_addr(req.header("route")).uri)
+        uri = req.request_uri
+        hit = self.location.by_contact(uri, now)
+        if hit is not None:
+            return self.binding_peer(hit, uri)
+        local = self.local.uri(uri)
+        if not self.inline or local:
+            # RFC 3261 §16.5: an AOR the node registers goes through the location service, as in
+            # locate(); a peer that kept the AOR as remote target (a 2xx without Contact) still
+            # reaches the callee. In-dialog, no forking: the first binding.
+            bindings = self.location.lookup(uri.aor, now) if uri.user is not None else []
+            if bindings:
+                req.set_uri(str(bindings[0].uri))  # §16.6 step 2
+                return self.binding_peer(bindings[0], bindings[0].uri)
+        if local:
+            return None  # the node itself (strict routing, RFC 2543, is not supported)
+        return uri_peer(uri, hint or "udp")
+
+    @staticmethod
+    def binding_peer(b: Binding, uri) -> Peer:
+        """A contact is reached over the connection it registered through (RFC 5923 reuse); a
+        contact without a transport parameter leaves over the transport it registered with."""
+        flow = b.source
+        return over_flow(uri_peer(uri, flow.transport if flow is not None else "udp"), flow)
