@@ -2,9 +2,12 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-# Debian packages the tests and benchmarks drive as real peers, by the command each provides.
+# Debian packages the tests and benchmarks drive as real peers, by the command (or, for a plugin,
+# the file) each provides.
 DEBIAN_TOOLS := kamailio:kamailio sipp:sip-tester redis-server:redis-server prometheus:prometheus \
-                promtool:prometheus tshark:tshark kamcmd:kamailio chromium:chromium sipsak:sipsak baresip:baresip-core
+                promtool:prometheus tshark:tshark kamcmd:kamailio chromium:chromium sipsak:sipsak baresip:baresip-core \
+                svwar:sipvicious linphonec:linphone-cli \
+                /usr/lib/$(shell gcc -dumpmachine 2>/dev/null || echo x86_64-linux-gnu)/kamailio/modules/tls.so:kamailio-tls-modules
 PYTEST_ARGS ?=
 
 .PHONY: run test bench fuzz deps debian-deps clean
@@ -34,7 +37,7 @@ $(VENV)/.installed: pyproject.toml
 debian-deps:
 	@missing=""; for pair in $(DEBIAN_TOOLS); do \
 	  cmd=$${pair%%:*}; pkg=$${pair#*:}; \
-	  command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	  case $$cmd in /*) test -e $$cmd ;; *) command -v $$cmd >/dev/null 2>&1 ;; esac || missing="$$missing $$pkg"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \
