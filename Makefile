@@ -13,6 +13,7 @@ PYTEST_ARGS ?=
 .PHONY: run test bench fuzz deps debian-deps clean
 
 run: $(VENV)/.installed
+	$(if $(CONFIG),,$(VENV)/bin/meter init --if-missing)
 	$(VENV)/bin/meter run $(if $(CONFIG),--config $(CONFIG))
 
 test: $(VENV)/.installed debian-deps

@@ -146,6 +146,9 @@ class Services:
                                cwd=rundir, capture_output=True, text=True, timeout=60)
         if check.returncode != 0:
             raise RuntimeError(f"node config rejected ({path}):\n{check.stderr or check.stdout}")
+        # `meter run` refuses a state directory without a node identity (meter init creates it once).
+        subprocess.run([sys.executable, "-m", "meter", "init", "--if-missing", "--config", str(path)],
+                       cwd=rundir, check=True, capture_output=True, timeout=60)
         proc = self.start("node", [sys.executable, "-m", "meter", "run", "--config", str(path)], cwd=rundir)
         wait_until_answering((LOOPBACK, port), seconds=30, alive=proc.alive)
         return proc

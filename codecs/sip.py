@@ -58,7 +58,8 @@ BRANCH_MAGIC = "z9hG4bK"
 
 @dataclass(frozen=True)
 class Limits:
-    """Size limits. Past them the codec answers 513 Message Too Large (RFC 3261 §21.5.9)."""
+    """Size limits. Past the byte limits the codec answers 513 Message Too Large (RFC 3261 §21.5.9),
+    past max_headers 400 Bad Request."""
 
     # 65535: the largest datagram UDP over IPv4 can carry (RFC 3261 §18.1.1: "65,535 ... or more");
     # a stream message gets the same ceiling so both transports accept the same messages. Kamailio's
@@ -648,7 +649,9 @@ def _split_lines(head: bytes, limits: Limits) -> tuple[bytes, list[_Line], SIPEr
         dropped = False
         append(_Line(key, raw, colon + 1))
     if len(lines) > limits.max_headers:
-        raise SIPError("Message Too Large - too many header fields", 513)
+        # 400, not 513: the message may be small; Apache's LimitRequestFields answers 400 too. The
+        # lines stay (max_header_bytes bounds them) so the 400 can carry Via/From/To (RFC 3261 §8.2.6).
+        error = error or SIPError("Bad Request - too many header fields")
     return raw_lines[0], lines, error
 
 
@@ -817,6 +820,11 @@ class StreamReader:
         self._ready: list[Request | Response] = []
         self._crlfs = 0
         self.pings = 0
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of a message begun but not complete yet (0 between messages): where a read timeout starts."""
+        return len(self._buf)
 
     def _fatal(self, reason: str, status: int = 400) -> SIPError:
         self._buf.clear()

@@ -30,6 +30,7 @@ class Node:
         self.collections = None  # the timed full GC passes (meter.gc_timer), once serving
         self.pool_sync = None
         self.ras = None
+        self.state = None  # bindings and calls written behind, restored at start (meter.store.sip_state)
         self._ticker: asyncio.Task | None = None
 
     async def start(self) -> None:
@@ -45,13 +46,15 @@ class Node:
 
             # Before any listener: the first sync learns the cluster's licenses (P1) before a call.
             self.pool_sync = PoolSync.from_settings(self.metering.ledger.pool, self.config.cluster,
-                                                    self.config.node.name)
+                                                    self.config.node.name, lost_store=self.metering.licensing.store)
             await self.pool_sync.start()
         self.latency = LatencyHistogram()
         latency = self.latency
         self.sip = SipNode(self.config.sip, SipMetering(self.metering, inline=self.config.sip.mode == "inline"),
-                           wrap_receiver=lambda core: TimedReceiver(core, latency))
+                           wrap_receiver=lambda core: TimedReceiver(core, latency), tls=self.config.tls,
+                           admission=build_admission(self.config), limits=self.config.limits)
         await self.sip.start()
+        self._restore_state()
         if self.config.h323.enabled:
             from meter.h323.node import RasNode
             from meter.metering.h323 import RasMetering
@@ -68,11 +71,26 @@ class Node:
             await self.ras.start()
         self._ticker = asyncio.get_running_loop().create_task(self._tick())
         if self.config.admin.enabled:
-            self.admin = AdminServer(build_router(self), self.config.admin.host, self.config.admin.port)
+            from meter.admin.token import for_admin
+
+            token, token_source = for_admin(self.config.admin.host, self.config.node.state_dir)
+            self.admin = AdminServer(build_router(self), self.config.admin.host, self.config.admin.port,
+                                     token, token_source)
             await self.admin.start()
         log_event(log, "node.started", name=self.config.node.name, role=self.config.node.role,
                   mode=self.config.sip.mode, sip_port=self.sip.port, ras_port=self.ras.port if self.ras else 0,
                   admin_port=self.admin.port if self.admin else 0, config=self.config.source)
+
+    def _restore_state(self) -> None:
+        """Before any message is handled: the bindings and calls of the last run, charged again as
+        decided; from then on every change is written behind (Kamailio usrloc/dialog db_mode=2)."""
+        from meter.store.sip_state import SipState
+        from meter.store.state import StateStore
+
+        self.state = SipState(StateStore(self.config.node.state_dir), self.config.state, self.sip.core,
+                              self.metering, call_later=asyncio.get_running_loop().call_later)
+        self.state.restore()
+        self.state.attach()
 
     async def _tick(self) -> None:
         """Once a second: alarms, lost peers, demo-key expiry, lapsed reservations."""
@@ -86,6 +104,8 @@ class Node:
     async def close(self) -> None:
         if self._ticker:
             self._ticker.cancel()
+        if self.state:  # written before the shutdown's releases, which a restart must not see
+            self.state.close()
         if self.sip:
             await self.sip.close()  # ends every call and binding: releases all charges (principle 4)
         if self.ras:
@@ -114,7 +134,7 @@ def build_metering(config: Config, now: float):
     if cluster.store == "redis":  # Node.start's PoolSync keeps it current
         from meter.cluster.redis_pool import RedisPool
 
-        pool = RedisPool(peer_timeout=cluster.peer_timeout)
+        pool = RedisPool(peer_timeout=cluster.peer_timeout, outage=cluster.outage)
     else:
         from meter.licensing.pool import MemoryPool
 
@@ -125,6 +145,22 @@ def build_metering(config: Config, now: float):
                         node_name=node.name, sip_mode=config.sip.mode, licensing=licensing)
     metering.refresh_licenses(now)
     return metering
+
+
+def build_admission(config: Config):
+    """`[auth]`: the credentials file (default: in the state directory) and the zone peers, which
+    are admitted without credentials (a lab registrar or gateway carries many users); None when
+    `[auth]` asks for nothing."""
+    from meter.sip.auth.admission import AdmissionPolicy
+    from meter.store.credentials import CredentialsFile, default_path
+    from meter.zones import ZoneTable
+
+    auth = config.auth
+    if not (auth.enabled or auth.allow):
+        return None  # nothing to check: the SIP core admits everyone at no cost (today's behaviour)
+    zones = ZoneTable(config.zones)
+    path = auth.credentials_file or default_path(config.node.state_dir)
+    return AdmissionPolicy(auth, CredentialsFile(path), trusted=lambda host: zones.for_peer(host) is not None)
 
 
 async def serve(config: Config, started: asyncio.Event | None = None) -> None:

@@ -32,9 +32,13 @@ def _add_admin_commands(sub) -> None:
     # Each command family registers its own: licensing state on disk, and listings from the running node.
     from meter.admin.cli import add_commands as add_listing_commands
     from meter.admin.licensing_cli import add_commands as add_licensing_commands
+    from meter.admin.state_cli import add_commands as add_state_commands
+    from meter.admin.users_cli import add_commands as add_users_commands
 
+    add_state_commands(sub)
     add_licensing_commands(sub)
     add_listing_commands(sub)
+    add_users_commands(sub)
 
 
 def _embedded() -> str:
@@ -68,6 +72,13 @@ def _cmd_run(args) -> int:
         config = load(args.config)
     except ConfigError as exc:
         print(f"meter: bad config, not starting: {exc}", file=sys.stderr)
+        return 2
+    from meter.store.licensing import StoreError, check_initialised
+
+    try:  # never a new serial made up at start: it would orphan the purchased option keys (K2)
+        check_initialised(config.node.state_dir)
+    except StoreError as exc:
+        print(f"meter: not starting: {exc}", file=sys.stderr)
         return 2
     from meter.app import main as run_node
 

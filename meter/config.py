@@ -62,6 +62,16 @@ class AdminSettings:
     port: int = 9460
     """Port of the admin server. 9460 is unassigned in the Prometheus default port allocations list."""
     enabled: bool = True
+    page_size: int = 500
+    """Records per page of /api/registrations and /api/calls when the request gives no `limit`.
+    500 is kubectl's --chunk-size default for paged Kubernetes list calls."""
+    max_page_size: int = 1000
+    """Largest `limit` accepted (400 beyond). One page is encoded as JSON in one go: 1,000 records
+    take about 2 ms, so a listing never holds the SIP loop longer than that (GitHub caps at 100)."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.page_size <= self.max_page_size:
+            raise ValueError(f"page_size: expected 1..max_page_size ({self.max_page_size}), got {self.page_size}")
 
 
 @dataclass(frozen=True)
@@ -75,17 +85,25 @@ def _section_types() -> dict[str, type]:
     # Imported here so that a broken component module names itself, not this loader.
     from meter.cluster.settings import ClusterSettings
     from meter.h323.settings import H323Settings
+    from meter.sip.limits import LimitSettings
     from meter.sip.settings import SipSettings
+    from meter.sip.tls import TlsSettings
+    from meter.sip.auth.settings import AuthSettings
+    from meter.store.state import StateSettings
     from meter.zones import ZoneSettings
 
     return {
         "node": NodeSettings,
         "licensing": LicensingSettings,
         "sip": SipSettings,
+        "limits": LimitSettings,
+        "tls": TlsSettings,
+        "auth": AuthSettings,
         "h323": H323Settings,
         "cluster": ClusterSettings,
         "admin": AdminSettings,
         "log": LogSettings,
+        "state": StateSettings,
         "zones": list[ZoneSettings],
     }
 
@@ -135,6 +153,8 @@ def parse(text: str, source: str = "<string>") -> Config:
             sections[name] = _coerce(hint, raw.get(name, []), source=source, where=name)
         else:
             sections[name] = build(hint, raw.get(name, {}), source=source, where=name)
+    if sections["sip"].upstream_transport == "tls" and not sections["tls"].enabled:
+        raise ConfigError(f'{source}: [sip] upstream_transport: "tls" needs [tls] enabled (its certificate and ca)')
     return Config(sections=sections, source=source)
 
 

@@ -57,6 +57,11 @@ class ZoneSettings:
 
 
 
+def _target_address(target: str) -> tuple[str, int]:
+    host, _, port = target.rpartition(":")
+    return host.strip("[]").lower(), int(port)
+
+
 def _compile_rule(rule: str, zone: str):
     kind, sep, value = rule.partition(":")
     if not sep or not value:
@@ -87,6 +92,7 @@ class ZoneTable:
         }
         self._rules = [(_compile_rule(r, z.name), z) for z in self.zones for r in z.match]
         self._by_name = {z.name: z for z in self.zones}
+        self._targets = {_target_address(z.target) for z in self.zones if z.target}
 
     def by_name(self, name: str) -> ZoneSettings | None:
         return self._by_name.get(name)
@@ -103,6 +109,11 @@ class ZoneTable:
             if ip in net:
                 return z
         return None
+
+    def leads_to(self, host: str, port: int) -> bool:
+        """Is (host, port) a zone's: one of its peers, or its target? The relay policy (RFC 3261
+        §16.6) lets an endpoint's pre-loaded Route go there and nowhere else."""
+        return (host.lower(), port) in self._targets or self.for_peer(host) is not None
 
     def for_uri(self, uri: str, host: str) -> ZoneSettings | None:
         host = host.lower()

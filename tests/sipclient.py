@@ -203,12 +203,25 @@ class SipUA:
         return make_request(method, uri, hs, body, content_type)
 
     async def register(self, *, expires: int = 60, registrar: str | None = None, contact: str | None = None,
-                       extra=(), timeout: float = 5.0) -> Response:
+                       extra=(), timeout: float = 5.0, password: str | None = None,
+                       algorithm: str | None = None) -> Response:
+        """REGISTER; with ``password``, answer a 401/407 digest challenge once (RFC 3261 §22.2),
+        picking ``algorithm`` among the challenges (default: the first offered)."""
         headers = [("Expires", str(expires)), *extra]
-        req = self.request("REGISTER", registrar or f"sip:{self.domain}", to=self.aor, contact=contact is None,
-                           headers=headers if contact is None else [("Contact", contact), *headers])
+        uri = registrar or f"sip:{self.domain}"
+        call_id = f"{new_tag()}@{self.host}"
+
+        def build(auth=()):
+            return self.request("REGISTER", uri, to=self.aor, contact=contact is None, call_id=call_id,
+                                headers=[*headers, *auth] if contact is None else [("Contact", contact), *headers, *auth])
+
+        req = build()
         self.send(req)
-        return await self.final("REGISTER", timeout=timeout, call_id=req.call_id)
+        resp = await self.final("REGISTER", timeout=timeout, call_id=call_id)
+        if password is None or resp.status not in (401, 407):
+            return resp
+        self.send(build([digest_answer(resp, self.user, password, "REGISTER", uri, algorithm)]))
+        return await self.final("REGISTER", timeout=timeout, call_id=call_id)
 
     def invite(self, callee: str, *, sdp: bytes = SDP_OFFER) -> Request:
         req = self.request("INVITE", callee, body=sdp, content_type="application/sdp")
@@ -293,6 +306,34 @@ class SipUA:
         # RFC 3261 §18.2.2 / RFC 3581: received + rport of the top Via.
         via = req.top_via
         return (via.received or via.host, via.rport or via.port or 5060)
+
+
+def digest_answer(challenge: Response, user: str, password: str, method: str, uri: str,
+                  algorithm: str | None = None, nc: int = 1) -> tuple[str, str]:
+    """The (Proxy-)Authorization header answering a 401/407 (RFC 3261 §22.2-22.3, RFC 7616 §3.4,
+    qop=auth), computed here from scratch so the node's own digest code is not what checks itself."""
+    import hashlib
+    import re
+
+    name = "WWW-Authenticate" if challenge.status == 401 else "Proxy-Authenticate"
+    offers = challenge.header_values(name)
+    chosen = next(o for o in offers if algorithm is None or f"algorithm={algorithm}," in o)
+    params = dict(re.findall(r'(\w+)="?([^",]*)"?', chosen.partition(" ")[2]))
+    alg = params.get("algorithm", "MD5")
+    hfun = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}[alg]
+
+    def hx(text: str) -> str:
+        return hfun(text.encode()).hexdigest()
+
+    cnonce, count = new_tag(), f"{nc:08x}"
+    realm, nonce, ha2 = params["realm"], params["nonce"], hx(f"{method}:{uri}")
+    ha1 = hx(f"{user}:{realm}:{password}")
+    value = f'Digest username="{user}", realm="{realm}", nonce="{nonce}", uri="{uri}", algorithm={alg}, '
+    if "qop" in params:
+        value += f'response="{hx(f"{ha1}:{nonce}:{count}:{cnonce}:auth:{ha2}")}", qop=auth, nc={count}, cnonce="{cnonce}"'
+    else:  # RFC 2069 style, as a challenge without qop asks
+        value += f'response="{hx(f"{ha1}:{nonce}:{ha2}")}"'
+    return ("Authorization" if challenge.status == 401 else "Proxy-Authorization", value)
 
 
 # -- sans-I/O helpers for unit tests of the core (no sockets) ----------------------------------------------
@@ -440,7 +481,7 @@ class CoreLab:
     """A sans-I/O SipCore at 10.0.0.1:5060 (inline mode: upstream 10.0.0.50:5060), alice at
     10.0.0.2:5062 and bob at 10.0.0.3:5064; ``feed`` delivers, ``net`` captures what the node sends."""
 
-    def __init__(self, mode="standalone", policy=None, **overrides):
+    def __init__(self, mode="standalone", policy=None, admission=None, limits=None, **overrides):
         from meter.sip.clock import FakeClock
         from meter.sip.core import SipCore
         from meter.sip.peer import Peer
@@ -458,7 +499,8 @@ class CoreLab:
         self.core = SipCore(SipSettings(**kw), clock=self.clock, send=self.net.send,
                             advertised=Advertised(LAB_NODE_HOST, LAB_NODE_PORT), hooks=self.policy,
                             local_names=[f"{LAB_NODE_HOST}:{LAB_NODE_PORT}"],
-                            upstream=self.upstream if mode == "inline" else None)
+                            upstream=self.upstream if mode == "inline" else None, admission=admission,
+                            limits=limits)
         self.core.start()
         self.alice = Phone("alice", "10.0.0.2", 5062)
         self.bob = Phone("bob", "10.0.0.3", 5064)

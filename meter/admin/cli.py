@@ -6,7 +6,10 @@ import json
 import os
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
+
+from meter.admin.token import ENV_VAR as TOKEN_VAR
 
 DEFAULT_ADMIN = os.environ.get("METER_ADMIN", "http://127.0.0.1:9460")
 
@@ -28,14 +31,28 @@ REGISTRATION_COLUMNS = ("alias", "protocol", "device_class", "license", "device"
 
 
 def fetch(admin: str, resource: str):
-    url = f"{admin.rstrip('/')}/api/{resource}"
-    with urllib.request.urlopen(url, timeout=5) as reply:
+    """One API resource; sends the bearer token from METER_ADMIN_TOKEN when set (a node whose admin
+    server listens beyond loopback asks for it)."""
+    token = os.environ.get(TOKEN_VAR, "").strip()
+    request = urllib.request.Request(f"{admin.rstrip('/')}/api/{resource}",
+                                     headers={"Authorization": f"Bearer {token}"} if token else {})
+    with urllib.request.urlopen(request, timeout=5) as reply:
         return json.load(reply)
+
+
+def fetch_all(admin: str, resource: str) -> list[dict]:
+    """Every record of a paged listing, page after page (its ``next`` cursor)."""
+    doc = fetch(admin, resource)
+    rows = doc["items"]
+    while doc["next"]:
+        doc = fetch(admin, f"{resource}?after={urllib.parse.quote(doc['next'], safe='')}")
+        rows += doc["items"]
+    return rows
 
 
 def _listing(args, resource: str, columns: tuple[str, ...]) -> int:
     try:
-        rows = fetch(args.admin, resource)
+        rows = fetch_all(args.admin, resource)
     except (urllib.error.URLError, OSError) as exc:
         print(f"meter: cannot reach the node's admin API at {args.admin}: {exc}", file=sys.stderr)
         return 1

@@ -12,6 +12,7 @@ import json
 import logging
 from typing import Any, Awaitable, Callable
 
+from meter.admin.token import authorized
 from meter.logs import log_event
 
 log = logging.getLogger("meter.admin")
@@ -21,7 +22,7 @@ Handler = Callable[["HttpRequest"], "HttpReply | Awaitable[HttpReply]"]
 MAX_HEAD_BYTES = 16 * 1024
 MAX_BODY_BYTES = 1024 * 1024
 
-REASONS = {200: "OK", 201: "Created", 204: "No Content", 400: "Bad Request", 404: "Not Found",
+REASONS = {200: "OK", 201: "Created", 204: "No Content", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
            405: "Method Not Allowed", 409: "Conflict", 413: "Payload Too Large",
            431: "Request Header Fields Too Large", 500: "Internal Server Error"}
 
@@ -40,16 +41,18 @@ class HttpRequest:
 
 
 class HttpReply:
-    __slots__ = ("status", "content_type", "body")
+    __slots__ = ("status", "content_type", "body", "headers")
 
-    def __init__(self, status: int, body: bytes | str, content_type: str = "text/plain; charset=utf-8"):
+    def __init__(self, status: int, body: bytes | str, content_type: str = "text/plain; charset=utf-8",
+                 headers: tuple[tuple[str, str], ...] = ()):
         self.status = status
         self.body = body.encode() if isinstance(body, str) else body
         self.content_type = content_type
+        self.headers = headers
 
     @classmethod
-    def json(cls, doc: Any, status: int = 200) -> "HttpReply":
-        return cls(status, json.dumps(doc, indent=1, default=str) + "\n", "application/json")
+    def json(cls, doc: Any, status: int = 200, headers: tuple[tuple[str, str], ...] = ()) -> "HttpReply":
+        return cls(status, json.dumps(doc, indent=1, default=str) + "\n", "application/json", headers)
 
 
 class HttpError(Exception):
@@ -62,8 +65,13 @@ class Router:
     def __init__(self) -> None:
         self.routes: dict[tuple[str, str], Handler] = {}
         self.prefixes: list[tuple[str, str, Handler]] = []
+        self.protected: set[tuple[str, str]] = set()
 
-    def add(self, method: str, path: str, handler: Handler) -> None:
+    def add(self, method: str, path: str, handler: Handler, *, protected: bool = False) -> None:
+        """``protected``: a GET that needs the token when the server has one (listings); every
+        other method always does (state changes)."""
+        if protected:
+            self.protected.add((method, path))
         if path.endswith("/*"):
             self.prefixes.append((method, path[:-1], handler))
         else:
@@ -80,10 +88,14 @@ class Router:
             raise HttpError(405, f"{method} not allowed on {path}")
         raise HttpError(404, f"no such resource: {path}")
 
+    def needs_token(self, method: str, path: str) -> bool:
+        return method not in ("GET", "HEAD") or (method, path) in self.protected
+
 
 class _HttpProtocol(asyncio.Protocol):
-    def __init__(self, router: Router):
+    def __init__(self, router: Router, token: str | None):
         self.router = router
+        self.token = token
         self.buffer = b""
         self.transport: asyncio.Transport | None = None
 
@@ -135,6 +147,15 @@ class _HttpProtocol(asyncio.Protocol):
 
     async def _dispatch(self, request: HttpRequest) -> None:
         try:
+            # before the route is looked up: without the token, no 404/405 tells what exists
+            if self.token is not None and self.router.needs_token(request.method, request.path) \
+                    and not authorized(request.headers.get("authorization"), self.token):
+                peer = self.transport.get_extra_info("peername") if self.transport else None
+                log_event(log, "admin.unauthorized", logging.WARNING, method=request.method, path=request.path,
+                          source=_address(peer), user_agent=request.headers.get("user-agent", ""))
+                self._reply(HttpReply.json({"error": "a bearer token is required (RFC 6750)"}, 401,
+                                           headers=(("WWW-Authenticate", 'Bearer realm="meter"'),)))
+                return
             handler = self.router.find(request.method, request.path)
             reply = handler(request)
             if asyncio.iscoroutine(reply):
@@ -150,24 +171,39 @@ class _HttpProtocol(asyncio.Protocol):
         if not self.transport or self.transport.is_closing():
             return
         reason = REASONS.get(reply.status, "Unknown")
-        head = (f"HTTP/1.1 {reply.status} {reason}\r\nContent-Type: {reply.content_type}\r\n"
+        extra = "".join(f"{name}: {value}\r\n" for name, value in reply.headers)
+        head = (f"HTTP/1.1 {reply.status} {reason}\r\nContent-Type: {reply.content_type}\r\n{extra}"
                 f"Content-Length: {len(reply.body)}\r\nConnection: close\r\n\r\n")
         self.transport.write(head.encode() + reply.body)
         self.transport.close()
 
 
 class AdminServer:
-    def __init__(self, router: Router, host: str, port: int):
+    """``token``: required (``Authorization: Bearer``) for listings and state changes; None: open.
+    ``token_source`` names where it came from, for the start-up log line (never the token itself)."""
+
+    def __init__(self, router: Router, host: str, port: int, token: str | None = None, token_source: str = ""):
         self.router, self.host, self.port = router, host, port
+        self.token, self.token_source = token, token_source
         self.server: asyncio.base_events.Server | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(lambda: _HttpProtocol(self.router), self.host, self.port)
+        self.server = await loop.create_server(lambda: _HttpProtocol(self.router, self.token), self.host, self.port)
         self.port = self.server.sockets[0].getsockname()[1]
-        log_event(log, "admin.listening", host=self.host, port=self.port)
+        if self.token is None:
+            log_event(log, "admin.listening", host=self.host, port=self.port, auth="none")
+        else:
+            log_event(log, "admin.listening", host=self.host, port=self.port, auth="bearer",
+                      token_from=self.token_source, protected="listings and state changes")
+
 
     async def close(self) -> None:
         if self.server:
             self.server.close()
             await self.server.wait_closed()
+
+
+def _address(peer) -> str:
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else ""
+

@@ -30,7 +30,9 @@ from collections.abc import Callable
 from meter.licensing import license_mode
 from meter.licensing.keys import KeyRefused, fingerprint, issue_key
 from meter.licensing.options import OPTIONS
-from meter.store.licensing import LicensingStore, StoreError, create_issuer, load_issuer, load_public
+from meter.store.licensing import (
+    LicensingStore, StoreError, check_initialised, create_issuer, load_issuer, load_public,
+)
 from meter.store.node_licensing import NodeLicensing
 
 DEFAULT_STATE_DIR = "state"
@@ -101,6 +103,7 @@ def _on_node(command: Callable[[argparse.Namespace, NodeLicensing], int]) -> Cal
     @functools.wraps(command)
     def run(args: argparse.Namespace) -> int:
         try:
+            check_initialised(args.state_dir)  # a node's serial comes from `meter init`, never from here
             with NodeLicensing.open(args.state_dir) as node:
                 return command(args, node)
         except StoreError as exc:
@@ -158,6 +161,8 @@ def cmd_issue(args) -> int:
         return _fail(f"unknown option {args.option!r} (expected one of: {', '.join(OPTIONS)})")
     try:
         expires = parse_expiry(args.expires, now)
+        # for this node (no --serial): its serial, from `meter init` only
+        serial = args.serial or check_initialised(args.state_dir)
         with LicensingStore(args.state_dir) as store:
             path = args.issuer_key or store.issuer_key_path
             if os.path.exists(path):
@@ -167,7 +172,6 @@ def cmd_issue(args) -> int:
                 print(f"meter: created issuer key {path}", file=sys.stderr)
                 if store.get_meta("issuer_public_key") is None:
                     store.trust(private.public_key())
-            serial = args.serial or store.serial
         key = issue_key(private, serial=serial, option=args.option, quantity=args.quantity,
                         expires=expires, issued_at=now)
     except (StoreError, ValueError) as exc:

@@ -13,6 +13,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 
 from meter.licensing.model import POOLED, Media
 from meter.sip.counters import METHODS
+from meter.sip.limits import REASONS as LIMIT_REASONS
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 CALL_CLASSES = {Media.SETUP: "setup", Media.VIDEO: "video", Media.AUDIO_SIP: "audio_sip",
@@ -134,6 +135,22 @@ class NodeCollector:
         malformed.add_metric(["answered"], stats.malformed_answered)
         malformed.add_metric(["dropped"], stats.malformed_dropped)
         yield malformed
+        yield from self._limit_families(sip.core)
+
+    def _limit_families(self, core):
+        limits = getattr(core, "source_limits", None)
+        if limits is None:
+            return
+        limited = CounterMetricFamily("meter_sip_limited", "SIP requests above a per-source limit ([limits]): dropped or answered 503.", labels=["reason"])
+        for reason in LIMIT_REASONS:
+            limited.add_metric([reason], limits.limited[reason])
+        yield limited
+        sources = GaugeMetricFamily("meter_sip_limited_sources", "Source addresses limited within the last [limits] window.")
+        sources.add_metric([], limits.limited_sources(core.clock.time()))
+        yield sources
+        tracked = GaugeMetricFamily("meter_sip_limit_tracked_sources", "Source addresses the per-source limiter remembers (at most [limits] max_sources).")
+        tracked.add_metric([], len(limits))
+        yield tracked
 
     def _ras_families(self):
         ras = getattr(self.node, "ras", None)

@@ -22,6 +22,27 @@ Liveness compares a peer's ``last_seen`` with the reader's ``now``: peers' clock
 well within ``peer_timeout`` (NTP does; ``PoolSync`` measures each node against Redis's clock).
 Because ``last_seen`` is absolute, a node restarted during a lost peer's 14 days still knows when
 that peer's licenses leave the pool (P2).
+
+Lost peers outlive the store (P2). Redis may lose its data (a restart without persistence) and a
+node may restart too: ``lost_records`` is what a node keeps of its lost peers in its own durable
+state (``PoolSync`` writes it to SQLite), ``remember`` brings it back at start, and ``PoolSync``
+republishes a remembered record the store no longer holds. Two records of one peer merge to the
+later ``last_seen``: that is when contact was last had, so the 14 days run from it.
+
+Store outage (P1 with the store down): the pool freezes what it read at the last sync and the
+ledger charges against ``reserved_elsewhere``. Policy ``share``: each node may hold what it used at
+the last sync plus its equal share of what was then free,
+
+    mine <= used_mine + (capacity - used_mine - used_others) // live_peers
+
+so the peers' limits add up to the capacity (P1: one pool, whichever peer holds the keys; P2: a
+lost peer's licenses still count, its calls do not). An equal share rather than one in proportion
+to each peer's keys, because P1 pools licenses whichever peer holds them: a node with no keys of its
+own still carries calls. A node that used more than its share keeps its calls and takes no new
+ones; when the pool was already overshot at the last sync, a node's limit is what the others left
+(capacity - used_others). What peers charged in the last sync interval before the outage is the
+one overshoot left (the same as between two syncs). Policy ``fail_closed``: no new pooled licenses
+at all. A node that never reached the store knows no live peer: its share is the whole pool it knows.
 """
 
 from __future__ import annotations
@@ -30,7 +51,9 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 
-from meter.licensing.pool import GRACE_SECONDS, PEER_TIMEOUT_SECONDS, MemoryPool, PeerRecord, PeerView
+from meter.licensing.pool import (
+    GRACE_SECONDS, OUTAGE_FAIL_CLOSED, OUTAGE_POLICIES, OUTAGE_SHARE, PEER_TIMEOUT_SECONDS, MemoryPool, PeerRecord,
+    PeerView, StoreOutage)
 
 RECORD_VERSION = "1"
 _LIC, _USE = "lic.", "use."
@@ -119,28 +142,115 @@ class RedisPool(MemoryPool):
     anyway, so losing the store's data never shortens a lost peer's 14 days on the nodes that knew it.
     """
 
-    def __init__(self, *, grace: float = GRACE_SECONDS, peer_timeout: float = PEER_TIMEOUT_SECONDS) -> None:
+    def __init__(self, *, grace: float = GRACE_SECONDS, peer_timeout: float = PEER_TIMEOUT_SECONDS,
+                 outage: str = OUTAGE_SHARE) -> None:
+        if outage not in OUTAGE_POLICIES:
+            raise ValueError(f"outage: expected one of {OUTAGE_POLICIES}, got {outage!r}")
         super().__init__(grace=grace, peer_timeout=peer_timeout)
+        self.outage_policy = outage
         self._unstored: set[str] = set()  # cached peers that had no record in the last read
+        # At the last sync: (what this node had published, live peers, the other live peers' usage).
+        self._at_sync: tuple[dict[str, int], int, dict[str, int]] | None = None
+        self._outage: StoreOutage | None = None
+        self._frozen: tuple[dict[str, int], int, dict[str, int]] = ({}, 1, {})
 
     def local_record(self, me: str) -> PeerRecord | None:
         """A copy of this node's record to publish; None before its ledger has joined the pool."""
         state = self._peers.get(me)
         return None if state is None else _detached(state)
 
-    def apply_remote(self, me: str, records: Iterable[PeerRecord], *, unreadable: Iterable[str] = ()) -> None:
+    def apply_remote(self, me: str, records: Iterable[PeerRecord], *, unreadable: Iterable[str] = (),
+                     published: PeerRecord | None = None) -> None:
         """Replace the cached state of every other peer by what the store holds now.
 
         ``records`` is every readable peer record of the cluster (``me``'s own is ignored: this node
         is the only writer of its state). Peers in ``unreadable`` keep their previous cached state.
+        ``published`` is this node's record as the sync wrote it: what the others now know of it,
+        kept (with the others' usage) as the base of the outage share.
         """
         seen = {me, *unreadable}
         for record in records:
             if record.name == me:
                 continue
             seen.add(record.name)
-            self._peers[record.name] = _detached(record)
+            cached = self._peers.get(record.name)
+            if cached is None or record.last_seen >= cached.last_seen:  # merge: the later contact wins (P2)
+                self._peers[record.name] = _detached(record)
         self._unstored = set(self._peers) - seen
+        mine, live, others = self._live_usage(me)
+        self._at_sync = (dict(published.usage) if published is not None else mine, live, others)
+
+    def _live_usage(self, me: str) -> tuple[dict[str, int], int, dict[str, int]]:
+        """(this node's usage, live peers counting this node, the other live peers' usage), liveness
+        judged against this node's heartbeat: all in the ledgers' time, whatever the adapter's clock."""
+        state = self._peers.get(me)
+        if state is None:
+            return {}, 1, {}
+        live, others = 1, {}
+        for peer in self._peers.values():
+            if peer.name != me and state.last_seen - peer.last_seen <= self.peer_timeout:
+                live += 1
+                for license, units in peer.usage.items():
+                    others[license] = others.get(license, 0) + units
+        return dict(state.usage), live, others
+
+    # ---- store outage (P1) --------------------------------------------------------------
+
+    def store_down(self, me: str) -> None:
+        """The store stopped answering: freeze the last sync's view until ``store_up``. Idempotent."""
+        if self._outage is not None:
+            return
+        if self._at_sync is None:  # never synced: this node knows no live peer
+            usage = dict(self._peers[me].usage) if me in self._peers else {}
+            self._at_sync = (usage, 1, {})
+        self._frozen = self._at_sync
+        state = self._peers.get(me)
+        self._outage = StoreOutage(since=state.last_seen if state else 0.0, policy=self.outage_policy,
+                                   live_peers=self._frozen[1])
+
+    def store_up(self) -> None:
+        self._outage = None
+
+    def outage(self) -> StoreOutage | None:
+        return self._outage
+
+    def reserved_elsewhere(self, license: str, now: float, me: str, capacity_units: int) -> int:
+        outage = self._outage
+        if outage is None:
+            return self.usage_elsewhere(license, now, me)
+        if outage.policy == OUTAGE_FAIL_CLOSED:
+            return capacity_units  # nothing left for a new charge on this node
+        mine, live, others = self._frozen
+        used = mine.get(license, 0)
+        free = capacity_units - used - others.get(license, 0)
+        # Overshot at the last sync (free < 0): what the others leave, so the limits still add up to
+        # no more than the capacity.
+        limit = used + (free // live if free >= 0 else free)
+        return capacity_units - max(limit, 0)
+
+    # ---- lost peers in the node's own durable state (P2) ----------------------------------
+
+    def lost_records(self, me: str) -> list[PeerRecord]:
+        """The lost peers whose licenses still count, as of this node's last heartbeat: what the node
+        keeps in its own state so P2's 14 days survive the store and itself. No usage: a lost peer's
+        calls are gone."""
+        state = self._peers.get(me)
+        if state is None:
+            return []
+        return [replace(peer, contributed=dict(peer.contributed), usage={}, calls_load=0.0)
+                for peer in sorted(self._peers.values(), key=lambda p: p.name)
+                if peer.name != me and peer.contributed
+                and self.peer_timeout < state.last_seen - peer.last_seen <= self.grace]
+
+    def remember(self, me: str, records: Iterable[PeerRecord]) -> None:
+        """Lost peers from the node's durable state: cached (until the store holds them, or their
+        licenses leave the pool) unless the cache already heard from them later."""
+        for record in records:
+            cached = self._peers.get(record.name)
+            if record.name == me or (cached is not None and cached.last_seen >= record.last_seen):
+                continue
+            self._peers[record.name] = _detached(record)
+            self._unstored.add(record.name)
 
     def peers(self, now: float) -> list[PeerView]:
         # Forget a peer gone from the store once its licenses have left the pool (P2): nothing of it counts.

@@ -50,6 +50,15 @@ class ClusterSettings:
     default down-after-milliseconds, so one store failover does not make every peer look lost.
     Peers' clocks must agree (NTP) to well within this."""
 
+    outage: Literal["share", "fail_closed"] = "share"
+    """Store `redis`, while Redis cannot be reached (enforcement `enforce`): `share` (default): each
+    node charges at most what it used at the last sync plus its equal share of what was then free
+    (capacity / live peers), so the nodes together stay within the pool (P1) and a node without
+    keys of its own still carries calls; `fail_closed`: no new pooled license on any node until the
+    store is back. Either way the alarm `cluster-store-unreachable` stands meanwhile. Kamailio's
+    dialog and usrloc modules likewise keep serving from local state when their database is away,
+    rather than stop; `fail_closed` is for labs that must never exceed what they bought."""
+
     def __post_init__(self) -> None:
         if not _NAME.fullmatch(self.name):
             raise ValueError(

@@ -14,11 +14,18 @@ An index set rather than SCAN: SCAN walks the whole keyspace of a Redis that may
 applications; the set is read in one command. Keys expire after ``PEER_KEY_TTL_SECONDS``, refreshed
 by each sync, so a lost peer's record stays readable through P2's 14 days and then disappears.
 
-When Redis cannot be reached the node goes on with its cache (the ledger never notices), the error
-is logged once when it starts, once a minute while it lasts and once when it ends, and ``status()``
-shows it. redis-py reconnects on the next command. Each sync makes one immediate retry (no
-backoff: a connection left stale by a Redis restart fails once, the retry reconnects) and is cut
-off after ``SYNC_TIMEOUT_SECONDS`` whatever happens, so a dead store never delays the next round.
+Lost peers are also kept in the node's own durable state (``lost_store``, the SQLite licensing
+store): after every sync the node writes what changed in ``RedisPool.lost_records``; at start it
+reads them back (``RedisPool.remember``). A remembered lost peer the store does not hold (Redis
+restarted empty) is republished under its own key, only if the key is still absent (one Lua
+script: a peer that came back meanwhile always wins), so nodes that never knew it count it too.
+
+When Redis cannot be reached the node goes on with its cache, charging within the outage policy
+(``RedisPool.store_down``: its share of the pool, or nothing new), the error is logged once when it
+starts, once a minute while it lasts and once when it ends, and ``status()`` shows it. redis-py
+reconnects on the next command. Each sync makes one immediate retry (no backoff: a connection left
+stale by a Redis restart fails once, the retry reconnects) and is cut off after
+``SYNC_TIMEOUT_SECONDS`` whatever happens, so a dead store never delays the next round.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import redis.asyncio
 from redis.asyncio.retry import Retry
@@ -37,6 +44,7 @@ from redis.exceptions import RedisError
 
 from meter.cluster.redis_pool import RecordError, RedisPool, decode_record, encode_record
 from meter.cluster.settings import ClusterSettings, redact
+from meter.licensing.pool import PeerRecord
 from meter.logs import log_event
 
 log = logging.getLogger("meter.cluster")
@@ -61,6 +69,25 @@ REPEAT_LOG_SECONDS = 60.0
 SKEW_WARN_FRACTION = 0.25
 
 
+# Republish a lost peer's record (P2) only where the store holds none: atomic, so it never overwrites
+# the peer's own record. KEYS: the peer's hash, the peer index; ARGV: ttl, peer name, field, value...
+_REPUBLISH = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+redis.call('SADD', KEYS[2], ARGV[2])
+return 1
+"""
+
+
+class LostPeerStore(Protocol):
+    """Where a node keeps its lost peers (``meter.store.licensing.LicensingStore``)."""
+
+    def lost_peers(self, cluster: str) -> list[PeerRecord]: ...
+    def save_lost_peer(self, cluster: str, record: PeerRecord) -> None: ...
+    def forget_lost_peer(self, cluster: str, peer: str) -> None: ...
+
+
 class SyncStatus(NamedTuple):
     """What the admin API and metrics show about the shared store."""
 
@@ -73,6 +100,8 @@ class SyncStatus(NamedTuple):
     clock_skew: float | None     # this node's clock minus Redis's, seconds, at the last sync
     unreadable: tuple[str, ...]  # "peer: reason" for records skipped at the last sync
     duplicate_name: bool         # another process publishes under this node's name
+    outage: str                  # "" while the store answers, else the policy in force ("share", "fail_closed")
+    lost_peers_kept: tuple[str, ...]  # lost peers kept in the node's own state (P2)
 
 
 def _connect(url: str, node: str) -> Any:
@@ -87,7 +116,7 @@ class PoolSync:
 
     def __init__(self, pool: RedisPool, redis_url: str, node: str, interval: float = SYNC_INTERVAL_SECONDS, *,
                  cluster: str = "meter", key_ttl: int = PEER_KEY_TTL_SECONDS, client: Any = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, lost_store: LostPeerStore | None = None) -> None:
         if interval <= 0:
             raise ValueError(f"interval: expected a positive number of seconds, got {interval}")
         if key_ttl <= pool.grace:  # P2: the record must outlive the grace, or the licenses leave early
@@ -113,6 +142,8 @@ class PoolSync:
         self._skew_warned = False
         self._unreadable: tuple[str, ...] = ()
         self._duplicate = False
+        self._lost_store = lost_store
+        self._kept: dict[str, PeerRecord] = {}  # lost peers as last written to lost_store
 
     @classmethod
     def from_settings(cls, pool: RedisPool, settings: ClusterSettings, node: str, **kw: Any) -> "PoolSync":
@@ -125,7 +156,14 @@ class PoolSync:
 
     async def start(self) -> None:
         """One sync now (so the node starts knowing the cluster's licenses, if Redis answers), then
-        one every ``interval``. Never raises for an unreachable store: the node starts on its own pool."""
+        one every ``interval``. Never raises for an unreachable store: the node starts on its own pool
+        and the lost peers it kept (P2)."""
+        if self._lost_store is not None:
+            kept = self._lost_store.lost_peers(self.cluster)
+            self.pool.remember(self.node, kept)
+            self._kept = {record.name: record for record in kept}
+            if kept:
+                log_event(log, "cluster.lost_peers_restored", node=self.node, peers=sorted(self._kept))
         await self.sync_once()
         self._task = asyncio.get_running_loop().create_task(self._run(), name=f"pool-sync-{self.node}")
         log_event(log, "cluster.sync_started", store=redact(self.redis_url), cluster=self.cluster,
@@ -160,9 +198,12 @@ class PoolSync:
             await asyncio.wait_for(self._sync(), SYNC_TIMEOUT_SECONDS)
         except Exception as exc:  # RedisError, OSError, TimeoutError; anything else is a bug, logged too
             self._failed(exc)
-            return False
-        self._succeeded()
-        return True
+            ok = False
+        else:
+            self._succeeded()
+            ok = True
+        self._keep_lost_peers()
+        return ok
 
     async def _sync(self) -> None:
         if self._client is None:  # created on first use: connecting waits for nothing until a command
@@ -202,8 +243,47 @@ class PoolSync:
                 unreadable.append(exc)
         if gone:
             await client.srem(self._index, *gone)
-        self.pool.apply_remote(self.node, records, unreadable=[e.peer for e in unreadable])
+        self.pool.apply_remote(self.node, records, unreadable=[e.peer for e in unreadable], published=record)
+        if record is not None:
+            held = {r.name for r in records} | {e.peer for e in unreadable}
+            for lost in self.pool.lost_records(self.node):
+                if lost.name not in held:
+                    await self._republish(client, lost)
         self._report(unreadable, duplicate)
+
+    async def _republish(self, client: Any, lost: PeerRecord) -> None:
+        """P2 after the store lost its data: put back the record of a lost peer this node remembers."""
+        fields = encode_record(lost, f"republished-by-{self.node}")
+        args = [str(self.key_ttl), lost.name, *(x for item in fields.items() for x in item)]
+        if await client.eval(_REPUBLISH, 2, self.peer_key(lost.name), self._index, *args):
+            log_event(log, "cluster.lost_peer_republished", node=self.node, peer=lost.name,
+                      last_seen=lost.last_seen, licenses_until=lost.last_seen + self.pool.grace,
+                      contributed=lost.contributed)
+
+    # ---- lost peers in the node's own state (P2) -------------------------------------------
+
+    def _keep_lost_peers(self) -> None:
+        """Write to the node's own state what changed among its lost peers since the last sync."""
+        if self._lost_store is None:
+            return
+        current = {record.name: record for record in self.pool.lost_records(self.node)}
+        try:
+            for name, record in current.items():
+                if self._kept.get(name) != record:
+                    self._lost_store.save_lost_peer(self.cluster, record)
+                    log_event(log, "cluster.lost_peer_kept", node=self.node, peer=name, last_seen=record.last_seen,
+                              licenses_until=record.last_seen + self.pool.grace, contributed=record.contributed)
+            forgotten = self._kept.keys() - current.keys()
+            me = self.pool.local_record(self.node) if forgotten else None
+            for name in sorted(forgotten):
+                self._lost_store.forget_lost_peer(self.cluster, name)
+                over = me is not None and me.last_seen - self._kept[name].last_seen > self.pool.grace
+                log_event(log, "cluster.lost_peer_forgotten", node=self.node, peer=name,
+                          why="its licenses left the pool (P2)" if over else "reachable again")
+        except Exception:  # a state file that cannot be written must not stop the sync loop
+            log.exception("cluster.lost_peer_write_failed")
+            return
+        self._kept = current
 
     # ---- status and logs ----------------------------------------------------------------
 
@@ -229,6 +309,7 @@ class PoolSync:
             log_event(log, "cluster.store_reachable", store=redact(self.redis_url),
                       down_seconds=round(now - self._down_since, 1))
         self._down_since = None
+        self.pool.store_up()
         self._connected = True
         self._last_sync = now
         self._last_error = ""
@@ -236,6 +317,7 @@ class PoolSync:
 
     def _failed(self, exc: BaseException) -> None:
         now = self._clock()
+        self.pool.store_down(self.node)  # P1: from now on charge within the outage policy
         self._connected = False
         self._last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         self._failures += 1
@@ -246,8 +328,8 @@ class PoolSync:
             self._last_warned = now
             log_event(log, "cluster.store_unreachable", level=logging.WARNING if expected else logging.ERROR,
                       store=redact(self.redis_url), error=self._last_error,
-                      down_seconds=round(now - self._down_since, 1),
-                      hint="the node goes on with the cluster state it last read")
+                      down_seconds=round(now - self._down_since, 1), outage=self.pool.outage_policy,
+                      hint="the node goes on with the cluster state it last read, within the outage policy")
             if not expected:  # not a store error: a bug, shown with its traceback
                 log.error("cluster.sync_failed_unexpectedly", exc_info=exc)
 
@@ -255,7 +337,9 @@ class PoolSync:
         return SyncStatus(
             store=redact(self.redis_url), connected=self._connected, last_sync=self._last_sync,
             last_error=self._last_error, syncs_total=self._syncs, failures_total=self._failures,
-            clock_skew=self._skew, unreadable=self._unreadable, duplicate_name=self._duplicate)
+            clock_skew=self._skew, unreadable=self._unreadable, duplicate_name=self._duplicate,
+            outage=outage.policy if (outage := self.pool.outage()) is not None else "",
+            lost_peers_kept=tuple(sorted(self._kept)))
 
 
 def _is_store_error(exc: BaseException) -> bool:

@@ -32,7 +32,9 @@ from meter.h323.hooks import (
     DRQ, EXPIRED, MISSED_IRR, NOT_IN_CALL, REREGISTERED, SHUTDOWN, URQ, AdmissionInfo, NoMetering, Party,
     RasHooks, RegisterInfo, Verdict,
 )
-from meter.h323.registrations import Registration, RegistrationTable, alias_key, encodable, unique_aliases
+from meter.h323.registrations import (
+    Registration, RegistrationTable, alias_key, encodable, unique_aliases, without_nul_padding,
+)
 from meter.h323.settings import H323Settings
 from meter.hooks import HookCaller
 from meter.logs import log_event
@@ -138,7 +140,7 @@ class Gatekeeper:
         out = self._out = []
         source = TransportAddress(source[0], source[1])
         try:
-            msg = ras.decode(data)
+            msg = without_nul_padding(ras.decode(data))
         except RASError as err:
             # DESIGN principle 5: a malformed RAS message is dropped and counted (no sequence number to answer).
             self.counters.malformed_dropped += 1
@@ -246,7 +248,7 @@ class Gatekeeper:
         if not verdict.allowed:
             self._rrj(source, seq, verdict.reason)
             log_event(log, "ras.rrq_refused", aliases=_alias_texts(aliases), reason=verdict.reason,
-                      detail=verdict.detail)
+                      detail=verdict.detail, source=str(source), user_agent=_product(msg.vendor))
             return
         ras_address = msg.ras_addresses[0] if msg.ras_addresses else source
         reg, dropped = self._store(endpoint_id, existing, aliases, ras_address, msg, source, now)
@@ -394,7 +396,8 @@ class Gatekeeper:
             call_type=msg.call_type, source=source, mode=self.mode))
         if not verdict.allowed:
             self._arj(source, seq, verdict.reason)
-            log_event(log, "ras.arq_refused", call=ras.guid_str(key), reason=verdict.reason, detail=verdict.detail)
+            log_event(log, "ras.arq_refused", call=ras.guid_str(key), reason=verdict.reason, detail=verdict.detail,
+                      source=str(source), user_agent=_product(reg.vendor))
             return
         if call is None:
             call = self._new_call(key, msg, caller, callee, resolved, bandwidth, now)
@@ -657,3 +660,8 @@ def _party_of(reg: Registration) -> Party:
 
 def _alias_texts(aliases) -> list[str]:
     return [f"{a.type}:{a.value}" for a in aliases]
+
+
+def _product(vendor) -> str:
+    """H.323's nearest to a User-Agent, for security-relevant log lines: endpointVendor's productId."""
+    return (vendor.product_id or "") if vendor else ""

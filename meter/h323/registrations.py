@@ -7,12 +7,13 @@ made within one time-to-live).
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import math
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
-from meter.codecs.ras import Alias, TransportAddress, Vendor
+from meter.codecs.ras import Alias, RasMessage, TransportAddress, Vendor
 
 # Alias types that name the same thing share one key space; the free-text ones compare without case
 # (VCS/Expressway match H.323 IDs and URIs case-insensitively). An E.164 number is the same number
@@ -25,6 +26,24 @@ _CASELESS = frozenset({"h323-ID", "url-ID", "email-ID"})
 
 #: Alias types the codec can encode back (RCF terminalAlias, RRJ duplicateAlias, LCF destinationInfo).
 ENCODABLE_ALIAS_TYPES = frozenset({"h323-ID", "dialledDigits", "url-ID", "email-ID", "transportID", "partyNumber"})
+
+
+def without_nul_padding(msg: RasMessage) -> RasMessage:
+    """``msg`` with trailing NULs stripped from its endpointIdentifier and aliases.
+
+    OpenH323-based endpoints pad the endpointIdentifier (a BMPString) to 100 characters with NULs in
+    their ARQ; "ep1" and "ep1\\0\\0..." name the same registration, and an alias likewise. Only the
+    decoded view is normalised: what is relayed (inline) goes on as it came.
+    """
+    eid = msg.endpoint_identifier
+    changes: dict = {}
+    if eid and eid.endswith("\0"):
+        changes["endpoint_identifier"] = eid.rstrip("\0")
+    for name in ("aliases", "destination", "dest_extra_call_info", "duplicate_aliases"):
+        aliases = getattr(msg, name)
+        if any(a.value.endswith("\0") for a in aliases):
+            changes[name] = tuple(Alias(a.type, a.value.rstrip("\0")) for a in aliases)
+    return dataclasses.replace(msg, **changes) if changes else msg
 
 
 def alias_key(alias: Alias) -> tuple[str, str]:

@@ -3,7 +3,8 @@
 Alarm IDs are a small fixed family (they become metric label values): ``capacity-node`` and
 ``capacity-cluster`` (P4), ``restart-required`` (K3), ``license-exhausted-<type>`` (C2, R11),
 ``peer-lost-<peer>`` (P2; the only one whose ID carries a name, bounded by the six peers a
-cluster can have).
+cluster can have), ``cluster-store-unreachable`` (P1: the shared pool's store is down, so each node
+charges within its share or fails closed, ``meter.cluster.redis_pool``).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from typing import NamedTuple
 from meter.licensing.alarms import Alarm, AlarmBoard
 from meter.licensing.model import POOLED, RMS_HALF_UNITS, UNIT_SCALE, Kind, License, Media
 from meter.licensing.platforms import Platform
-from meter.licensing.pool import LicensePool, MemoryPool
+from meter.licensing.pool import OUTAGE_FAIL_CLOSED, LicensePool, MemoryPool
 from meter.licensing.refusals import REFUSALS, Refusal
 
 ENFORCE, OBSERVE = "enforce", "observe"
@@ -35,6 +35,7 @@ _REGISTRATION_KINDS = (Kind.REGISTRATION, Kind.MRA_REGISTRATION)
 # at 90% does not raise and clear it (and persist both) on every other call.
 ALARM_PERCENT = 90
 ALARM_CLEAR_PERCENT = 85
+STORE_OUTAGE_ALARM = "cluster-store-unreachable"
 
 
 class Decision(NamedTuple):
@@ -291,7 +292,8 @@ class Ledger:
             if license == License.RMS and mine + units > self._rms_peer_cap:
                 return "peer_rms_limit"
             capacity = self.pool.capacity(license, now, self.node) * UNIT_SCALE[license]
-            if mine + self.pool.usage_elsewhere(license, now, self.node) + units > capacity:
+            # P1: the pool less what the other peers hold (during a store outage, their share).
+            if mine + self.pool.reserved_elsewhere(license, now, self.node, capacity) + units > capacity:
                 return _EXHAUSTED[license]
         return ""
 
@@ -353,7 +355,7 @@ class Ledger:
 
     def _maybe_clear_exhausted(self, license: str) -> None:
         capacity = self.pool.capacity(license, self._now, self.node) * UNIT_SCALE[license]
-        used = self._in_use[license] + self.pool.usage_elsewhere(license, self._now, self.node)
+        used = self._in_use[license] + self.pool.reserved_elsewhere(license, self._now, self.node, capacity)
         if used < capacity:
             self._exhausted.discard(license)
             self.alarms.clear(f"license-exhausted-{license}", f"{license} licenses available again", self._now)
@@ -362,7 +364,8 @@ class Ledger:
 
     def tick(self, now: float) -> None:
         """Call every few seconds: heartbeat, publish this node's call load, cluster capacity
-        alarm (P4, from the loads peers published at their last tick), lost peers (P2)."""
+        alarm (P4, from the loads peers published at their last tick), lost peers (P2), the
+        shared store's outage (P1)."""
         self._now = now
         self.pool.heartbeat(self.node, now)
         self.pool.set_load(self.node, self._call_units / self.platform.calls_audio)
@@ -385,8 +388,23 @@ class Ledger:
                                    f"leave the pool at {peer.licenses_until:.0f}", now)
             else:
                 self.alarms.clear(alarm_id, f"peer {peer.name}'s licenses left the pool (P2)", now)
+        self._outage_alarm(now)
         for license in list(self._exhausted):
             self._maybe_clear_exhausted(license)
+
+    def _outage_alarm(self, now: float) -> None:
+        # P1 during a store outage: the alarm says how this node charges until the store is back.
+        outage = self.pool.outage()
+        if outage is None:
+            self.alarms.clear(STORE_OUTAGE_ALARM, "cluster store reachable again: the whole pool is shared", now)
+            return
+        if outage.policy == OUTAGE_FAIL_CLOSED:
+            how = "new pooled licenses are refused until it is back (fail_closed)"
+        else:
+            how = (f"this node charges at most its share of what was free at the last sync "
+                   f"(1 of {outage.live_peers} live peers; P1, P2)")
+        self.alarms.raise_(STORE_OUTAGE_ALARM, "P1",
+                           f"cluster store unreachable since {outage.since:.0f}: {how}", now, severity="error")
 
     def in_use(self, license: str) -> int:
         """Units of ``license`` used on this node (RMS in half units)."""

@@ -13,6 +13,11 @@ One peer has two shapes: ``PeerRecord``, the state the pool holds (and the Redis
 as a hash), and ``PeerView``, a frozen read of it at a moment, with what ``now`` and the pool's
 timeouts make of it (alive or lost, until when its licenses count: P2).
 
+While a shared store is unreachable, a peer's view of the others freezes: their calls would look
+gone after ``peer_timeout`` and every node could charge the whole pool. ``reserved_elsewhere`` is
+what the ledger holds back for the others: their usage when the store answers, and during an outage
+what the store's policy (``meter.cluster.redis_pool``) leaves them; ``outage()`` says which holds.
+
 Units: usage is in the ledger's units (RMS in half units, C4); contributions and capacity are
 whole licenses. License types are plain strings ("rms", "room", ...).
 """
@@ -56,6 +61,18 @@ class PeerView(NamedTuple):
     call_capacity: int             # physical video-call capacity (P3)
 
 
+OUTAGE_SHARE, OUTAGE_FAIL_CLOSED = "share", "fail_closed"
+OUTAGE_POLICIES = (OUTAGE_SHARE, OUTAGE_FAIL_CLOSED)
+
+
+class StoreOutage(NamedTuple):
+    """The shared store unreachable: how this node charges its pooled licenses until it is back."""
+
+    since: float     # this node's last heartbeat when the outage was seen (its ledger's ``now``)
+    policy: str      # OUTAGE_SHARE or OUTAGE_FAIL_CLOSED
+    live_peers: int  # peers alive at the last sync, this node included: the share's divisor
+
+
 class LicensePool(Protocol):
     """What a ledger needs from the cluster's pool. All methods are synchronous and cheap."""
 
@@ -69,6 +86,8 @@ class LicensePool(Protocol):
     def set_load(self, peer: str, calls_load: float) -> None: ...
     def capacity(self, license: str, now: float, me: str) -> int: ...
     def usage_elsewhere(self, license: str, now: float, me: str) -> int: ...
+    def reserved_elsewhere(self, license: str, now: float, me: str, capacity_units: int) -> int: ...
+    def outage(self) -> StoreOutage | None: ...
     def cluster_load(self, now: float, me: str) -> tuple[float, int]: ...
     def peers(self, now: float) -> list[PeerView]: ...
 
@@ -127,6 +146,14 @@ class MemoryPool:
             if state.name != me and now - state.last_seen <= self.peer_timeout:
                 total += state.usage.get(license, 0)
         return total
+
+    def reserved_elsewhere(self, license: str, now: float, me: str, capacity_units: int) -> int:
+        """Units of ``license`` this node must leave to the other peers: here, what they use."""
+        return self.usage_elsewhere(license, now, me)
+
+    def outage(self) -> StoreOutage | None:
+        """The shared store's outage, if any; a pool in memory has no store to lose."""
+        return None
 
     def cluster_load(self, now: float, me: str) -> tuple[float, int]:
         """(calls in video-call equivalents, physical video-call capacity) over live peers (P4)."""

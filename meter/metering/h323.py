@@ -61,7 +61,7 @@ class RasMetering:
         charged = []
         for alias in info.new_aliases:
             key = ledger_key(alias)
-            decision = m.charge_registration("h323", key, facts, now, reserve=True)
+            decision = m.charge_registration("h323", key, facts, now, reserve=True, source=str(info.source))
             if decision is None:
                 continue
             if not decision.ok:
@@ -82,7 +82,7 @@ class RasMetering:
                                   (vendor.product_id or "") if vendor else "",
                                   (vendor.version_id or "") if vendor else "")
         for alias in aliases:
-            m.charge_registration("h323", ledger_key(alias), facts, now)  # confirms the reservation
+            m.charge_registration("h323", ledger_key(alias), facts, now, source=str(source))  # confirms the reservation
 
     def on_unregistered(self, endpoint_id, aliases, cause) -> None:
         now = self.m.clock()
@@ -109,7 +109,9 @@ class RasMetering:
         now = m.clock()
         caller = info.caller.aliases[0].value if info.caller.aliases else ""
         callee = info.callee.aliases[0].value if info.callee.aliases else ""
-        decision = m.charge_call("h323", info.call_key, caller, callee, facts, now)
+        vendor = (info.callee if info.answer_call else info.caller).vendor  # who asks: its product names it
+        decision = m.charge_call("h323", info.call_key, caller, callee, facts, now, source=str(info.source),
+                                 user_agent=(vendor.product_id or "") if vendor else "")
         if not decision.ok:
             return ras_verdict(decision)
         # RAS carries no SDP: the class comes from the bandwidth asked for (see AUDIO_ONLY_BANDWIDTH).

@@ -22,8 +22,8 @@ from typing import Callable
 from meter.licensing.calls import CallFacts, CallCharge, classify_call
 from meter.licensing.devices import DeviceCatalog
 from meter.licensing.ledger import ENFORCE, Decision, Ledger
-from meter.licensing.model import License, Media
-from meter.licensing.registrations import RegistrationFacts, classify_registration
+from meter.licensing.model import Kind, License, Media
+from meter.licensing.registrations import RegistrationCharge, RegistrationFacts, classify_registration
 from meter.logs import log_event
 from meter.zones import ZoneSettings, ZoneTable
 
@@ -49,6 +49,7 @@ class RegistrationRecord:
     device: str
     rules: tuple[str, ...]
     pending: bool = False  # inline: reserved, waiting for the upstream's answer
+    charge: RegistrationCharge | None = None  # as decided: a restart charges it again as is
 
 
 @dataclass(slots=True)
@@ -80,6 +81,8 @@ class Metering:
         self._next_usage_record = 0.0
         self._next_key_poll = 0.0
         self._key_rows: list | None = None
+        # meter.store.state.StateJournal: SIP registrations and calls written behind (principle 5).
+        self.journal = None
 
     # ---- licenses ----------------------------------------------------------------------
 
@@ -139,9 +142,12 @@ class Metering:
     # ---- registrations -----------------------------------------------------------------
 
     def charge_registration(self, protocol: str, alias: str, facts: RegistrationFacts, now: float,
-                            *, reserve: bool = False) -> Decision | None:
-        """Charge one alias (R9: one license per alias). None when it is already charged (refresh)."""
+                            *, reserve: bool = False, source: str = "") -> Decision | None:
+        """Charge one alias (R9: one license per alias). None when it is already charged (refresh).
+        ``source``: where the request came from, for the log line of a refusal."""
         key = (protocol, alias)
+        if self.journal is not None and protocol == "sip":
+            self.journal.registration_changed(alias)  # a refresh moves the binding's expiry too
         record = self.registrations.get(key)
         if record is not None:
             if not reserve:
@@ -151,13 +157,14 @@ class Metering:
         decision = self.ledger.charge_registration(key, charge, now)
         match = self.catalog.match_sip(facts.user_agent) if protocol == "sip" else None
         device = (match.model if match else facts.h323_product) or "unknown"
-        self._note(decision, "registration", alias=alias, protocol=protocol, device=device)
+        self._note(decision, "registration", alias=alias, protocol=protocol, device=device, source=source,
+                   user_agent=facts.user_agent or facts.h323_product)
         if decision.ok:
             if protocol == "sip":
                 self._index_sip(alias, add=True)
             self.registrations[key] = RegistrationRecord(
                 alias, protocol, _device_class(charge.license), str(charge.license), device, decision.rules,
-                pending=reserve)
+                pending=reserve, charge=charge)
         return decision
 
     def _release_registration(self, key: tuple[str, str], cause: str, now: float) -> None:
@@ -166,6 +173,8 @@ class Metering:
             return
         if record.protocol == "sip":
             self._index_sip(record.alias, add=False)
+            if self.journal is not None:
+                self.journal.registration_changed(record.alias)
         self.ledger.release(key, now)
         log_event(log, "registration.released", logging.DEBUG, alias=record.alias,
                   protocol=record.protocol, cause=cause)
@@ -192,15 +201,17 @@ class Metering:
     # ---- calls -------------------------------------------------------------------------
 
     def charge_call(self, protocol: str, call_id: str, caller: str, callee: str, facts: CallFacts,
-                    now: float) -> Decision:
+                    now: float, *, source: str = "", user_agent: str = "") -> Decision:
         """Charge a call at its first INVITE/ARQ: as video until set-up completes (C6)."""
         key = (protocol, call_id)
         charge = classify_call(facts)
         decision = self.ledger.charge_call(key, charge, now)
-        self._note(decision, "call", call_id=call_id, caller=caller, callee=callee, zone=facts.callee_zone)
+        self._note(decision, "call", call_id=call_id, caller=caller, callee=callee, zone=facts.callee_zone,
+                   source=source, user_agent=user_agent)
         if decision.ok:
             self.calls[key] = CallRecord(call_id, caller, callee, facts, charge, rules=decision.rules,
                                          media=charge.media)
+            self._call_changed(protocol, call_id)
         return decision
 
     def settle_call(self, protocol: str, call_id: str, m_lines: int | None, now: float) -> None:
@@ -209,6 +220,7 @@ class Metering:
         if record is None or record.state == "confirmed":
             return  # C7: nothing changes after set-up
         record.state = "confirmed"
+        self._call_changed(protocol, call_id)
         if m_lines is None:
             m_lines = record.m_lines
         if not m_lines:
@@ -223,8 +235,66 @@ class Metering:
     def end_call(self, protocol: str, call_id: str, cause: str, now: float) -> None:
         record = self.calls.pop((protocol, call_id), None)
         self.ledger.release((protocol, call_id), now)
+        self._call_changed(protocol, call_id)
         if record is not None:
             log_event(log, "call.released", logging.DEBUG, call_id=call_id, cause=cause)
+
+    def _call_changed(self, protocol: str, call_id: str) -> None:
+        if self.journal is not None and protocol == "sip":
+            self.journal.call_changed(call_id)
+
+    # ---- state that survives a restart (meter.store.state) --------------------------------
+
+    def registration_state(self, protocol: str, alias: str) -> dict | None:
+        """What a restart needs to charge this alias again as decided (None: not charged)."""
+        record = self.registrations.get((protocol, alias))
+        if record is None or record.charge is None or record.pending:
+            return None  # inline, a reservation is the upstream's to confirm: not carried over
+        c = record.charge
+        return {"license": str(c.license), "units": c.units, "kind": str(c.kind), "aliases": c.aliases,
+                "model": c.model, "charge_rules": list(c.rules), "rules": list(record.rules),
+                "device": record.device}
+
+    def restore_registration(self, protocol: str, alias: str, state: dict, now: float) -> Decision:
+        """Charge a stored registration again from its stored decision (not re-classified)."""
+        charge = RegistrationCharge(License(state["license"]), state["units"], Kind(state["kind"]),
+                                    state["aliases"], state["model"], tuple(state["charge_rules"]))
+        key = (protocol, alias)
+        decision = self.ledger.charge_registration(key, charge, now)
+        if decision.ok:
+            if protocol == "sip":
+                self._index_sip(alias, add=True)
+            self.registrations[key] = RegistrationRecord(
+                alias, protocol, _device_class(charge.license), str(charge.license), state["device"],
+                tuple(state["rules"]), charge=charge)
+        return decision
+
+    def call_state(self, protocol: str, call_id: str) -> dict | None:
+        """What a restart needs to charge this call again as decided (None: not charged)."""
+        record = self.calls.get((protocol, call_id))
+        if record is None:
+            return None
+        charge = record.charge._asdict()
+        charge["license"], charge["call_license"] = str(charge["license"]), str(charge["call_license"])
+        charge["media"], charge["rules"] = str(charge["media"]), list(charge["rules"])
+        return {"caller": record.caller, "callee": record.callee, "facts": record.facts._asdict(),
+                "charge": charge, "state": record.state, "m_lines": record.m_lines, "rules": list(record.rules),
+                "media": str(record.media)}
+
+    def restore_call(self, protocol: str, call_id: str, state: dict, now: float) -> Decision:
+        """Charge a stored call again as decided; a call set up before the restart stays settled (C7)."""
+        c = state["charge"]
+        charge = CallCharge(License(c["license"]), c["units"], c["payer"], License(c["call_license"]),
+                            Media(c["media"]), c["physical"], tuple(c["rules"]))
+        key = (protocol, call_id)
+        decision = self.ledger.charge_call(key, charge, now)
+        if decision.ok:
+            if state["state"] == "confirmed":
+                self.ledger.settle(key, charge, now)
+            self.calls[key] = CallRecord(call_id, state["caller"], state["callee"], CallFacts(**state["facts"]),
+                                         charge, state["state"], state["m_lines"], tuple(state["rules"]),
+                                         Media(state["media"]))
+        return decision
 
     # ---- shared ------------------------------------------------------------------------
 
@@ -240,19 +310,22 @@ class Metering:
     # ---- views for the API and CLI -----------------------------------------------------
 
     def registration_views(self) -> list[dict]:
-        return [
-            {"alias": r.alias, "protocol": r.protocol, "device_class": r.device_class, "license": r.license,
-             "device": r.device, "rules": list(r.rules), "pending": r.pending}
-            for r in self.registrations.values()
-        ]
+        return [registration_view(key, r) for key, r in self.registrations.items()]
 
     def call_views(self) -> list[dict]:
-        return [
-            {"call_id": c.call_id, "protocol": p, "caller": c.caller, "callee": c.callee, "state": c.state,
-             "call_class": str(c.media), "license": str(c.charge.license), "units": c.charge.units,
-             "caller_zone": c.facts.caller_zone, "callee_zone": c.facts.callee_zone, "rules": list(c.rules)}
-            for (p, _), c in self.calls.items()
-        ]
+        return [call_view(key, c) for key, c in self.calls.items()]
+
+
+# One record's view, keyed as its table is (the admin API pages through the tables by key).
+def registration_view(key: tuple[str, str], r: RegistrationRecord) -> dict:
+    return {"alias": r.alias, "protocol": r.protocol, "device_class": r.device_class, "license": r.license,
+            "device": r.device, "rules": list(r.rules), "pending": r.pending}
+
+
+def call_view(key: tuple[str, str], c: CallRecord) -> dict:
+    return {"call_id": c.call_id, "protocol": key[0], "caller": c.caller, "callee": c.callee, "state": c.state,
+            "call_class": str(c.media), "license": str(c.charge.license), "units": c.charge.units,
+            "caller_zone": c.facts.caller_zone, "callee_zone": c.facts.callee_zone, "rules": list(c.rules)}
 
 
 def _device_class(license: str) -> str:

@@ -41,7 +41,8 @@ class SipMetering:
         # Several contacts: `expires` is the first one's, and another may still bind: charge.
         m = self.m
         facts = RegistrationFacts(m.role, "sip", "direct", 1, info.user_agent)
-        decision = m.charge_registration("sip", info.aor, facts, m.clock(), reserve=info.forwarded)
+        decision = m.charge_registration("sip", info.aor, facts, m.clock(), reserve=info.forwarded,
+                                         source=str(info.source))
         return ALLOW if decision is None else sip_verdict(decision)
 
     def on_register_failed(self, aor: str, call_id: str, cause: str) -> None:
@@ -53,7 +54,7 @@ class SipMetering:
             m.release_registration("sip", aor, "unregistered", now)
             return
         facts = RegistrationFacts(m.role, "sip", "direct", 1, user_agent)
-        m.charge_registration("sip", aor, facts, now)  # confirms a reservation, or charges learned bindings
+        m.charge_registration("sip", aor, facts, now, source=str(source))  # confirms a reservation, or charges learned bindings
 
     # -- calls
     def on_invite(self, info: CallInfo) -> Verdict:
@@ -66,13 +67,14 @@ class SipMetering:
             transformed=bool(zone and zone.transforms_dialled_string),
             conductor=zone.conductor if zone else "",
         )
-        return sip_verdict(m.charge_call("sip", info.call_id, info.from_aor, info.to_aor, facts, m.clock()))
+        return sip_verdict(m.charge_call("sip", info.call_id, info.from_aor, info.to_aor, facts, m.clock(),
+                                         source=str(info.source), user_agent=info.user_agent))
 
     def _caller_side(self, info: CallInfo) -> tuple[str, str]:
         zone = self.m.zones.for_peer(info.source.host)
         if zone is not None:
             return zone.kind, zone_registration(zone)
-        if ("sip", info.from_aor) in self.m.registrations or ("h323", info.from_aor) in self.m.registrations:
+        if info.caller_registered:  # it came over its alias's registered flow (the SIP side knows)
             return LOCAL, self.m.role
         if self.inline and info.from_upstream:
             return LOCAL, self.m.role  # registered on the lab registrar the node fronts
@@ -87,6 +89,12 @@ class SipMetering:
         if self.inline:
             return LOCAL, self.m.role, None  # the lab registrar behind the node places it
         return "external", "", None
+
+    def trusted_source(self, host: str) -> bool:
+        return self.m.zones.for_peer(host) is not None
+
+    def zone_destination(self, host: str, port: int) -> bool:
+        return self.m.zones.leads_to(host, port)
 
     def route(self, request_uri: str) -> str | None:
         zone = self.m.zones.for_uri(request_uri, _uri_host(request_uri))

@@ -1,9 +1,9 @@
 """What the node does with calls (Kamailio's dialog module), next to the call table
 (``meter.sip.dialogs``): a call starts at its initial INVITE (the metering hook is asked once),
 is answered, confirmed by the ACK, refreshed (RFC 4028 session timers), and ends exactly once, by
-BYE, failure, CANCEL, session expiry, the reaper or node shutdown. A 2xx that arrives after the
-node gave up re-opens the call or is ended with BYEs (a late answer). When the node itself ends a
-call it sends a BYE to each side.
+BYE, failure, CANCEL, no ACK within 64*T1 (RFC 3261 §13.3.1.4), session expiry, the reaper or node
+shutdown. A 2xx that arrives after the node gave up re-opens the call or is ended with BYEs (a late
+answer). When the node itself ends a call it sends a BYE to each side.
 
 The proxy core forwards the messages; this module hands it one :class:`~meter.sip.outcome.Outcome`
 per forwarded request (set-up, teardown, refresh) and is told how each ended.
@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
-from meter.codecs.sip import Request, Response, SIPError, make_request, parse_name_addr
+from meter.codecs.sip import Request, Response, SIPError, make_request, parse_name_addr, parse_uri
 from meter.hooks import HookCaller
 from meter.logs import log_event
 from meter.sip.clock import Clock
@@ -24,7 +24,7 @@ from meter.sip.hooks import HOOK_FAILED, CallInfo, SipHooks, Verdict
 from meter.sip.outcome import Outcome
 from meter.sip.peer import Peer
 from meter.sip.router import Router
-from meter.sip.routing import Advertised, local_branch, over_flow
+from meter.sip.routing import Advertised, local_branch, over_flow, uri_peer
 from meter.sip.session_timer import NO_OFFER, REFRESH_METHODS, Offer, RequestPlan, Session, plan_request, plan_response
 from meter.sip.settings import SipSettings
 from meter.sip.transaction import ServerTransaction, TransactionLayer
@@ -70,13 +70,16 @@ class CallControl:
         spiral = self.dialogs.find(req.call_id, req.from_.tag)
         if spiral is not None:  # a spiral back through the node is the same call, asked about once
             return Forwarding(SetupOutcome(self, spiral, plan.offer, owner=False), plan.edits)
-        info = CallInfo(req.call_id, req.from_.uri.aor, req.to.uri.aor, req.uri, source, callee_registered,
-                        from_upstream, req.body, req.user_agent or "")
+        now = self.clock.time()
+        from_aor = req.from_.uri.aor
+        # "Registered" is the flow, not the From (RFC 5626 §5.2 style; DESIGN.md principle 5).
+        caller_registered = self.router.location.registered_over(from_aor, source, now)
+        info = CallInfo(req.call_id, from_aor, req.to.uri.aor, req.uri, source, callee_registered,
+                        from_upstream, req.body, req.user_agent or "", caller_registered)
         verdict = self.guard.ask(self.hooks.on_invite, info, on_error=HOOK_FAILED, expect=Verdict)
         if not verdict.allowed:
             self._refuse(txn, verdict)
             return None
-        now = self.clock.time()
         call = Call(req.call_id, req.from_.tag or "", req.from_.uri.aor, req.to.uri.aor, req.uri, source,
                     now, self.clock.wall(), offer_sdp=req.body, info=info, invite_cseq=req.cseq.number,
                     offer=plan.offer, caller_from=req.header("from") or "", caller_cseq=req.cseq.number)
@@ -99,6 +102,7 @@ class CallControl:
             log_event(log, "sip.call.answered", call_id=call.call_id)
             self._learn_dialog(call, resp, branch_peer, branch_uri)
             self._arm_session(call, session)
+            self._await_ack(call)
             if call.offer_sdp:
                 self.guard.notify(self.hooks.on_call_answered, call.call_id, call.offer_sdp, call.answer_sdp)
             # else a late offer (RFC 3261 §13.2.1: offer in the 2xx, answer in the ACK): told at the ACK
@@ -115,10 +119,58 @@ class CallControl:
         """An ACK for a 2xx passes: the call is confirmed (RFC 3261 §13.2.2.4)."""
         call = self.dialogs.find(ack.call_id, ack.from_.tag, ack.to.tag)
         if call is not None and self.dialogs.confirmed(call):
+            self._stop_ack_wait(call)
             log_event(log, "sip.call.confirmed", call_id=call.call_id)
             if not call.offer_sdp:  # late offer: the 2xx held the offer, the ACK holds the answer
                 self.guard.notify(self.hooks.on_call_answered, call.call_id, call.answer_sdp, ack.body)
             self.guard.notify(self.hooks.on_call_confirmed, call.call_id)
+
+    def parties(self, req: Request) -> frozenset[tuple[str, int]] | None:
+        """Where the call of this in-dialog request (or ACK) lives, for the relay policy: both
+        ends' remote targets (RFC 3261 §12.2.1.1: the Request-URI of an in-dialog request) and the
+        addresses their messages came from; None when the node set up no such call."""
+        call = self.dialogs.find(req.call_id, req.from_.tag, req.to.tag)
+        if call is None:
+            return None
+        if call.ends[:3] == (call.caller_target, call.callee_target, call.callee_peer):
+            return call.ends[3]  # unchanged since the last request: no URI to parse again
+        hops = {call.source.address}
+        if call.callee_peer is not None:
+            hops.add(call.callee_peer.address)
+        for target in (call.caller_target, call.callee_target):
+            if target:
+                try:
+                    hops.add(uri_peer(parse_uri(target)).address)
+                except SIPError:
+                    pass
+        call.ends = (call.caller_target, call.callee_target, call.callee_peer, frozenset(hops))
+        return call.ends[3]
+
+    # -- the ACK of the 2xx (RFC 3261 §13.3.1.4) ----------------------------------------------------
+
+    def _await_ack(self, call: Call) -> None:
+        """The callee retransmits its 2xx until the ACK comes, for 64*T1 at most, then gives up and
+        should BYE (RFC 3261 §13.3.1.4). The node, which metered the call, gives up the same way:
+        a call answered but never ACKed is ended and released, not held until the reaper."""
+        self._stop_ack_wait(call)
+        call.ack_timer = self.clock.call_later(64 * self.settings.t1, self._ack_check, call)
+
+    @staticmethod
+    def _stop_ack_wait(call: Call) -> None:
+        if call.ack_timer is not None:
+            call.ack_timer.cancel()
+            call.ack_timer = None
+
+    def _ack_check(self, call: Call) -> None:
+        try:
+            call.ack_timer = None
+            if call.state == ANSWERED and self.end(call, "no ACK"):
+                log_event(log, "sip.call.ack_timeout", logging.INFO, call_id=call.call_id, caller=call.from_aor,
+                          callee=call.to_aor)
+                self.send_byes(call, 'SIP;cause=408;text="No ACK for the 2xx"')
+        except Exception:  # a timer callback: nothing may escape into the loop
+            self.counters.internal_errors += 1
+            log.exception("sip.internal_error", extra={"facts": {"where": "ack_check"}})
 
     # -- in-dialog ---------------------------------------------------------------------------------
 
@@ -185,8 +237,19 @@ class CallControl:
         if call.session_timer is not None:
             call.session_timer.cancel()
             call.session_timer = None
+        self._stop_ack_wait(call)
         log_event(log, "sip.call.ended", call_id=call.call_id, cause=cause)
         self.guard.notify(self.hooks.on_call_ended, call.call_id, cause)
+
+    def restore(self, call: Call, session: Session) -> None:
+        """A call written before a restart (meter.store.state) is back in the table; its RFC 4028
+        session runs a full interval from now, as if just refreshed (a refresh since the last write
+        is not lost: the endpoints refresh every half interval, §10)."""
+        self.dialogs.restore(call)
+        self._arm_session(call, session)
+        if call.state == ANSWERED:  # answered, not yet ACKed when written: the same 64*T1 from now
+            self._await_ack(call)
+        log_event(log, "sip.call.restored", call_id=call.call_id, state=call.state)
 
     # -- a 2xx after the node gave up ----------------------------------------------------------------
 
@@ -222,6 +285,7 @@ class CallControl:
         self.dialogs.answered(call, resp.to.tag, resp.body, now)
         self._learn_dialog(call, resp, source, "")
         self._arm_session(call, session)
+        self._await_ack(call)  # a late answer left "answered" is released like any other (§13.3.1.4)
         log_event(log, "sip.call.reopened", call_id=call_id)
         if call.offer_sdp:
             self.guard.notify(self.hooks.on_call_answered, call.call_id, call.offer_sdp, call.answer_sdp)

@@ -29,11 +29,13 @@ from meter.codecs.sip import (
 )
 from meter.hooks import HookCaller
 from meter.logs import log_event
+from meter.sip.auth.admission import ADMITTED, Admission, AdmissionPolicy
 from meter.sip.call_control import CallControl
 from meter.sip.clock import Clock
 from meter.sip.counters import SipCounters, method_label
 from meter.sip.dialogs import DialogTable
 from meter.sip.hooks import NoMetering, SipHooks, Verdict
+from meter.sip.limits import FIRST, LIMITED, PASS, LimitSettings, SourceLimiter
 from meter.sip.location import LocationService
 from meter.sip.outcome import NO_OUTCOME, Outcome
 from meter.sip.peer import Peer
@@ -117,6 +119,8 @@ class SipCore:
         local_names: list[str] = (),
         upstream: Peer | None = None,
         counters: SipCounters | None = None,
+        admission: AdmissionPolicy | None = None,
+        limits: LimitSettings | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -135,9 +139,21 @@ class SipCore:
         self.location = LocationService(settings.min_expires, settings.max_expires, settings.default_expires)
         self.dialogs = DialogTable()
         self.router = Router(local=self.local, location=self.location, inline=self.inline, upstream=upstream,
-                             zone_route=getattr(self.hooks, "route", None))
+                             zone_route=getattr(self.hooks, "route", None), relay=settings.relay,
+                             trusted_source=getattr(self.hooks, "trusted_source", None),
+                             zone_destination=getattr(self.hooks, "zone_destination", None))
+        # [auth]: allow-list, digest and the policy for unknown sources (None: everyone is admitted).
+        self.admission = None if admission is None else Admission(
+            admission, inline=self.inline, upstream=upstream, location=self.location, router=self.router,
+            clock=clock, reply=self._reply)
+        # [limits]: requests and registrations per source (Kamailio pike); None: no limits (tests,
+        # benchmarks of the core alone). Zone peers and the upstream carry many users: exempt.
+        trusted = getattr(self.hooks, "trusted_source", None)
+        self.source_limits = None if limits is None else SourceLimiter(limits, exempt=lambda host: (
+            (upstream is not None and host == upstream.host) or bool(trusted and trusted(host))))
         self.registrar = Registrar(self.location, hooks=self.hooks, guard=guard, clock=clock, upstream=upstream,
-                                   reply=self._reply, refuse=self._refuse, forward_upstream=self._forward_upstream)
+                                   reply=self._reply, refuse=self._refuse, forward_upstream=self._forward_upstream,
+                                   admission=self.admission, limits=self.source_limits)
         self.calls = CallControl(settings, clock=clock, dialogs=self.dialogs, hooks=self.hooks, guard=guard,
                                  counters=self.counters, router=self.router, txns=self.txns, advertised=advertised,
                                  reply=self._reply, refuse=self._refuse)
@@ -172,6 +188,8 @@ class SipCore:
         now = self.clock.time()
         self.registrar.expire(now)
         self.calls.reap(now)
+        if self.source_limits is not None:
+            self.source_limits.expire(now)
 
     # -- input ---------------------------------------------------------------------------------------
 
@@ -180,19 +198,40 @@ class SipCore:
         if not data.strip(b"\r\n \t"):
             self.counters.keepalives += 1  # RFC 5626 §4.4.1 CRLF keep-alive
             return
+        limited = PASS
+        if self.source_limits is not None and data[:4] != b"SIP/":  # requests (and garbage), not responses
+            # [limits] before the parse, like Kamailio's pike: a dropped flood costs a dict lookup.
+            limited = self.source_limits.check_rate(source.host, self.clock.time())
+            if limited == LIMITED and self.source_limits.settings.rate_action == "drop":
+                return
         try:
             msg = parse(data, self.limits)
         except SIPError as err:
-            self.receive_error(err, source)
+            if limited:
+                self._limited(err.message, source, limited, "rate")
+            else:
+                self.receive_error(err, source)
             return
         except Exception:  # the codec promises SIPError only; never let a bug in it stop the node
             self.counters.internal_errors += 1
             self.counters.malformed_dropped += 1
             log.exception("sip.codec_error")
             return
-        self.receive_message(msg, source)
+        if limited:
+            self._limited(msg, source, limited, "rate")
+            return
+        self._receive(msg, source)
 
     def receive_message(self, msg: Request | Response, source: Peer) -> None:
+        """One message framed by a stream transport (TCP, TLS): the rate check a datagram gets before its parse."""
+        if self.source_limits is not None and isinstance(msg, Request):
+            limited = self.source_limits.check_rate(source.host, self.clock.time())
+            if limited:
+                self._limited(msg, source, limited, "rate")
+                return
+        self._receive(msg, source)
+
+    def _receive(self, msg: Request | Response, source: Peer) -> None:
         try:
             if isinstance(msg, Request):
                 self._on_request(msg, source)
@@ -214,20 +253,50 @@ class SipCore:
         msg = err.message
         if isinstance(msg, Request) and not _maybe_ack(msg) and msg.has_header("via"):
             self.counters.malformed_answered += 1
-            log_event(log, "sip.malformed", logging.DEBUG, source=str(source), reason=err.reason)
+            log_event(log, "sip.malformed", logging.DEBUG, source=str(source), reason=err.reason,
+                      user_agent=msg.user_agent or "")
             self._answer_stateless(msg, source, err.status if 300 <= err.status <= 699 else 400, err.reason)
             return
         self.counters.malformed_dropped += 1
-        log_event(log, "sip.malformed.dropped", logging.DEBUG, source=str(source), reason=err.reason)
+        log_event(log, "sip.malformed.dropped", logging.DEBUG, source=str(source), reason=err.reason,
+                  user_agent=(msg.user_agent or "") if msg is not None else "")
 
-    def _answer_stateless(self, req: Request, source: Peer, status: int, reason: str) -> None:
+    def _answer_stateless(self, req: Request, source: Peer, status: int, reason: str, headers=()) -> None:
         try:
-            resp = make_response(req, status, reason, to_tag=new_tag(), headers=[("Server", self.settings.user_agent)])
+            resp = make_response(req, status, reason, to_tag=new_tag(),
+                                 headers=[("Server", self.settings.user_agent), *headers])
             data = resp.to_bytes()
         except Exception:
             self.counters.malformed_dropped += 1
             return
         self._send(data, source)  # the Via may be what is broken: answer where it came from
+
+    def _limited(self, msg: Request | Response | None, source: Peer, verdict: int, reason: str) -> None:
+        """Above a per-source limit (meter.sip.limits): dropped, or answered 503 with Retry-After
+        (RFC 3261 §21.5.4); the first of each window is logged with its User-Agent."""
+        s = self.source_limits.settings
+        action = s.rate_action if reason == "rate" else s.registrations_action
+        if verdict == FIRST:
+            try:
+                ua = (msg.user_agent or "") if isinstance(msg, Request) else ""
+            except SIPError:
+                ua = ""
+            self.source_limits.report(source.host, reason, ua, action)
+        if action == "503" and isinstance(msg, Request) and not _maybe_ack(msg):
+            what = "requests" if reason == "rate" else "registrations"
+            self._answer_stateless(msg, source, 503, f"Service Unavailable - too many {what} from this address",
+                                   headers=[("Retry-After", str(s.retry_after))])
+
+    def _over_registrations(self, req: Request, source: Peer) -> bool:
+        """[limits] registrations: a REGISTER that would bind one AOR more than the cap from its source
+        address is limited before any transaction, so it costs no state (a refresh always passes)."""
+        if self.source_limits is None or req.is_star_contact or req.to.uri.scheme not in ("sip", "sips"):
+            return False
+        verdict = self.source_limits.check_registration(req.to.uri.aor, source.host, self.clock.time())
+        if verdict == PASS:
+            return False
+        self._limited(req, source, verdict, "registrations")
+        return True
 
     # -- requests ------------------------------------------------------------------------------------
 
@@ -235,6 +304,10 @@ class SipCore:
         self.counters.requests_received[method_label(req.method)] += 1
         if self._closed:
             return
+        if self.admission is not None and self.admission.outsider(req, source) is not None:
+            if self.admission.settings.outsiders == "refuse" and not _maybe_ack(req):
+                self._answer_stateless(req, source, 403, "Forbidden - source not allowed")
+            return  # outside [auth] allow: before any transaction, so it costs no state
         if req.method == "ACK":
             self._on_ack(req, source)
             return
@@ -243,6 +316,8 @@ class SipCore:
         if txn is not None:  # RFC 3261 §17.2.3: a retransmission, answered by its transaction
             self.counters.retransmissions_absorbed += 1
             txn.receive_request(req)
+            return
+        if req.method == "REGISTER" and self._over_registrations(req, source):
             return
         peer = self._response_peer(req.top_via, source)
         self._stamp_via(req, source)
@@ -312,12 +387,15 @@ class SipCore:
             self.registrar.on_register(txn, req, source)
             return
         if req.to.tag is not None:
-            self._in_dialog(txn, req, hint)
+            self._in_dialog(txn, req, hint, source)
             return
         self._initial(txn, req, source)
 
     def _initial(self, txn: ServerTransaction, req: Request, source: Peer) -> None:
-        located = self.router.locate(req, source, self.clock.time())
+        admitted = ADMITTED if self.admission is None else self.admission.initial(txn, req, source)
+        if admitted is None:
+            return  # challenged (407) or refused (403) by [auth]
+        located = self.router.locate(req, source, self.clock.time()) if admitted is ADMITTED else admitted
         if located.refusal is not None:
             self._reply(txn, *located.refusal)
             return
@@ -330,11 +408,16 @@ class SipCore:
             outcome, edits = forwarding.outcome, forwarding.edits
         self._forward(txn, req, located.targets, outcome, record_route=req.method in DIALOG_CREATING, edits=edits)
 
-    def _in_dialog(self, txn: ServerTransaction, req: Request, hint: str | None) -> None:
+    def _in_dialog(self, txn: ServerTransaction, req: Request, hint: str | None, source: Peer) -> None:
         """RFC 3261 §16.12: in-dialog requests follow Route, then the Request-URI (the remote target)."""
-        peer = self.router.next_hop(req, hint, self.clock.time())
+        now = self.clock.time()
+        peer = self.router.next_hop(req, hint, now)
         if peer is None:
             self._reply(txn, 404, "Not Found - no route")
+            return
+        refusal = self.router.in_dialog_refusal(req, source, peer, hint is not None, self.calls.parties, now)
+        if refusal is not None:
+            self._reply(txn, *refusal)
             return
         forwarding = self.calls.in_dialog(txn, req)
         if forwarding is not None:
@@ -543,8 +626,12 @@ class SipCore:
         mf = req.max_forwards
         if mf is not None and mf <= 0:
             return
+        now = self.clock.time()
+        peer = self.router.next_hop(req, hint, now)
+        if peer is not None and self.router.in_dialog_refusal(req, source, peer, hint is not None,
+                                                              self.calls.parties, now) is not None:
+            return  # an ACK is never answered (RFC 3261 §17.2.1): dropped
         self.calls.acked(req)
-        peer = self.router.next_hop(req, hint, self.clock.time())
         if peer is None:
             return
         req.decrement_max_forwards()

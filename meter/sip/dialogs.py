@@ -82,6 +82,10 @@ class Call:
     session_expires_at: float = 0.0
     """Monotonic deadline of the current session interval; 0 = no session timer."""
     session_timer: object = None
+    ack_timer: object = None
+    ends: tuple = ()
+    """(caller_target, callee_target, callee_peer, addresses of both ends): the relay policy's, cached."""
+    """RFC 3261 §13.3.1.4: armed at the first 2xx, cancelled by its ACK; firing ends the call."""
     gave_up: bool = False
     """The node answered the caller for a branch that never gave a final answer (timeout, CANCEL guard)."""
     refused: bool = False
@@ -215,6 +219,16 @@ class DialogTable:
         for call in old:
             self.end(call)
         return old
+
+    # -- restart (meter.store.state) ---------------------------------------------------------------
+
+    def with_call_ids(self, call_ids: set[str]) -> list[Call]:
+        """The live calls with these Call-IDs (one pass: the state journal's batch, not the hot path)."""
+        return [call for call in self._calls.values() if call.call_id in call_ids]
+
+    def restore(self, call: Call) -> None:
+        """A call written before a restart: in-dialog requests (a BYE) find it again."""
+        self._calls[call.key] = call
 
     def clear(self) -> list[Call]:
         self._buried.clear()

@@ -14,9 +14,9 @@ contract the node keeps:
   expiry, unregister, node shutdown. An empty ``bindings`` means the alias is no longer registered.
 - ``on_invite`` once per initial INVITE of a call (a spiral back through the node is the same call);
   a refusal answers with the verdict. For every *allowed* call the node later calls
-  ``on_call_ended`` exactly once (BYE, CANCEL, final failure, timeout, RFC 4028 session expiry,
-  reaper, node shutdown), after at most one ``on_call_answered`` and at most one
-  ``on_call_confirmed``.
+  ``on_call_ended`` exactly once (BYE, CANCEL, final failure, timeout, a 2xx not ACKed within
+  64*T1, RFC 4028 session expiry, reaper, node shutdown), after at most one ``on_call_answered``
+  and at most one ``on_call_confirmed``.
 - ``on_invite`` again, with the same :class:`CallInfo`, when a 2xx arrives for a call the node had
   already ended unanswered (its 408 or 487 crossed the callee's 200): the call is up at the callee
   after all. Allowed, it is a new call with its own ``on_call_ended`` later; refused, the node
@@ -25,6 +25,9 @@ contract the node keeps:
 - ``on_call_answered`` comes with the first 2xx; for a late offer (an INVITE without SDP, RFC 3261
   §13.2.1) it comes with the ACK instead, offer from the 2xx and answer from the ACK, just before
   ``on_call_confirmed``.
+- ``trusted_source`` / ``zone_destination`` (optional) tell the relay policy (RFC 3261 §16.6)
+  which sources are a zone's peers and where an endpoint's pre-loaded Route may lead; without
+  them only the upstream is either.
 
 Hooks run on the event loop, inline with message handling: they must be quick and must not block.
 An exception in a hook is logged and counted; ``on_register``/``on_invite`` then answer 500.
@@ -103,6 +106,10 @@ class CallInfo:
     """True when the request came from the upstream registrar (inline): it already placed the caller."""
     offer_sdp: bytes
     user_agent: str
+    caller_registered: bool = False
+    """True when the INVITE came over a registered flow of its From AOR (RFC 5626 §5.2 style:
+    transport, address and port of one of its bindings, and for TCP that binding's connection).
+    A From alone proves nothing: a forged From of a registered alias is not a registered caller."""
 
 
 class SipHooks(Protocol):
@@ -121,6 +128,16 @@ class SipHooks(Protocol):
     def on_call_confirmed(self, call_id: str) -> None: ...
 
     def on_call_ended(self, call_id: str, cause: str) -> None: ...
+
+    def trusted_source(self, host: str) -> bool:
+        """Is ``host`` a configured zone's peer? Its requests are not an endpoint's: the relay
+        policy (RFC 3261 §16.6) lets them follow their pre-loaded Route anywhere."""
+        ...
+
+    def zone_destination(self, host: str, port: int) -> bool:
+        """Is (host, port) a configured zone's peer or target: somewhere an endpoint's pre-loaded
+        Route may lead under ``relay = "zones"``?"""
+        ...
 
     def route(self, request_uri: str) -> str | None:
         """Zone routing (an Expressway's search rules) for an initial request the node has no
@@ -152,6 +169,12 @@ class NoMetering:
 
     def on_call_ended(self, call_id, cause) -> None:
         pass
+
+    def trusted_source(self, host) -> bool:
+        return False
+
+    def zone_destination(self, host, port) -> bool:
+        return False
 
     def route(self, request_uri) -> str | None:
         return None

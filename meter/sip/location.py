@@ -2,8 +2,8 @@
 written by the standalone registrar's rules (RFC 3261 §10.3) or, inline, learned from the upstream
 registrar's 200 OK. Sans-I/O: ``now`` is an argument. REGISTER handling is ``meter.sip.registrar``.
 
-Lookups are O(1) by AOR and by contact; expiry pops a heap, so a housekeeping tick costs only
-what actually expired.
+Lookups are O(1) by AOR, by contact and by flow (where a binding's REGISTER came from); expiry
+pops a heap, so a housekeeping tick costs only what actually expired.
 """
 
 from __future__ import annotations
@@ -108,6 +108,9 @@ class LocationService:
         self.default_expires = default_expires
         self._aors: dict[str, dict[tuple, Binding]] = {}
         self._by_contact: dict[tuple, Binding] = {}
+        # (flow, AOR) -> contact keys of the AOR's bindings registered over that flow: "registered"
+        # means the request came over a binding's flow (RFC 5626 §5.2 style), an O(1) question.
+        self._by_flow: dict[tuple[Peer, str], set[tuple]] = {}
         self._known: set[str] = set()  # AORs that ever had a binding: 480 rather than 404 for them
         self._heap: list[tuple[float, int, str, tuple]] = []
         self._seq = itertools.count()
@@ -126,6 +129,15 @@ class LocationService:
     def by_contact(self, uri: URI, now: float) -> Binding | None:
         b = self._by_contact.get(contact_key(uri))
         return b if b is not None and b.expires_at > now else None
+
+    def registered_over(self, aor: str, flow: Peer, now: float) -> bool:
+        """Did a request from ``flow`` come over a live binding of ``aor``: the transport, address
+        and port its REGISTER came from, and for TCP the same connection (RFC 5626 §5.2)?"""
+        keys = self._by_flow.get((flow, aor))
+        if not keys:
+            return False
+        table = self._aors.get(aor, {})
+        return any(b.expires_at > now for b in (table.get(k) for k in keys) if b is not None)
 
     def is_known(self, aor: str) -> bool:
         return aor in self._known
@@ -247,13 +259,32 @@ class LocationService:
             changes.append(Change(aor, (), last.user_agent if last else "", last.source if last else None))
         self._aors.clear()
         self._by_contact.clear()
+        self._by_flow.clear()
         self._heap.clear()
         return changes
+
+    # -- restart (meter.store.state) -------------------------------------------------------------
+
+    def bindings_of(self, aor: str) -> list[Binding]:
+        """Every binding of ``aor``, expired or not (what the state journal writes)."""
+        return list(self._aors.get(aor, {}).values())
+
+    def restore(self, b: Binding) -> None:
+        """A binding written before a restart, with its remaining expiry (Kamailio usrloc's
+        preload): lookups route to it and a refresh from its contact updates it (RFC 3261 §10.3
+        step 7 compares the stored Call-ID and CSeq)."""
+        self._put(b)
 
     # -- internals -------------------------------------------------------------------------------
 
     def _put(self, b: Binding) -> None:
-        self._aors.setdefault(b.aor, {})[b.key] = b
+        table = self._aors.setdefault(b.aor, {})
+        old = table.get(b.key)
+        if old is not None:
+            self._unflow(old)
+        table[b.key] = b
+        if b.source is not None:
+            self._by_flow.setdefault((b.source, b.aor), set()).add(b.key)
         self._by_contact[b.key] = b
         self._known.add(b.aor)
         heapq.heappush(self._heap, (b.expires_at, next(self._seq), b.aor, b.key))
@@ -265,8 +296,20 @@ class LocationService:
         b = table.pop(key, None)
         if not table:
             del self._aors[aor]
+        if b is not None:
+            self._unflow(b)
         if b is not None and self._by_contact.get(key) is b:
             del self._by_contact[key]
+
+    def _unflow(self, b: Binding) -> None:
+        if b.source is None:
+            return
+        flow = (b.source, b.aor)
+        keys = self._by_flow.get(flow)
+        if keys is not None:
+            keys.discard(b.key)
+            if not keys:
+                del self._by_flow[flow]
 
     def _change(self, aor: str, now: float, user_agent: str, source: Peer | None) -> Change:
         return Change(aor, tuple(self.lookup(aor, now)), user_agent, source)

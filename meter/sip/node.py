@@ -1,6 +1,6 @@
-"""The SIP node: binds UDP and TCP, wires them to the sans-I/O core, exposes read-only views.
+"""The SIP node: binds UDP, TCP and TLS, wires them to the sans-I/O core, exposes read-only views.
 
-    node = SipNode(settings, hooks)
+    node = SipNode(settings, hooks, tls=tls_settings)
     await node.start()      # binds; node.port is the port actually bound
     ...
     await node.close()      # ends every call and binding through the hooks ("node shutdown")
@@ -22,10 +22,14 @@ from meter.logs import log_event
 from meter.sip.clock import LoopClock
 from meter.sip.core import SipCore
 from meter.sip.counters import SipCounters
+from meter.sip.descriptors import connection_budget
 from meter.sip.peer import Peer
 from meter.sip.hooks import SipHooks
+from meter.sip.limits import LimitSettings
 from meter.sip.routing import Advertised, is_ip
 from meter.sip.settings import SipSettings
+from meter.sip.auth.admission import AdmissionPolicy
+from meter.sip.tls import TlsSettings, client_context, server_context
 from meter.sip.transport import Receiver, Transports
 
 log = logging.getLogger("meter.sip")
@@ -33,8 +37,13 @@ log = logging.getLogger("meter.sip")
 
 class SipNode:
     def __init__(self, settings: SipSettings | None = None, hooks: SipHooks | None = None, *,
-                 wrap_receiver: Callable[[Receiver], Receiver] | None = None) -> None:
+                 wrap_receiver: Callable[[Receiver], Receiver] | None = None,
+                 tls: TlsSettings | None = None, admission: AdmissionPolicy | None = None,
+                 limits: LimitSettings | None = None) -> None:
         self.settings = settings or SipSettings()
+        self.limits = limits  # [limits]: per-source rate and registrations (meter.sip.limits), None = none
+        self.admission = admission  # [auth]: allow-list and digest (meter.sip.auth), None = admit all
+        self.tls = tls or TlsSettings()
         self.hooks = hooks
         # What the sockets hand each message to: the core, or a wrapper around it (the app's
         # latency timing), chosen by whoever builds the node rather than patched in afterwards.
@@ -43,24 +52,48 @@ class SipNode:
         self.core: SipCore | None = None
         self._transports: Transports | None = None
         self.port = 0
+        self.tls_port = 0
 
     async def start(self) -> None:
         s = self.settings
         loop = asyncio.get_running_loop()
         limits = Limits(max_message_bytes=s.max_message_bytes, max_headers=s.max_headers,
                         max_header_bytes=min(DEFAULT_LIMITS.max_header_bytes, s.max_message_bytes))
+        budget = connection_budget(s.tcp_max_connections, s.fd_reserve)
+        if budget.connections < s.tcp_max_connections:
+            log_event(log, "sip.tcp.max_connections_lowered", logging.WARNING, configured=s.tcp_max_connections,
+                      allowed=budget.connections, nofile_limit=budget.limit, fd_reserve=s.fd_reserve)
+        tls = self.tls if self.tls.enabled else None
+        if s.upstream_transport == "tls" and tls is None:  # meter.config refuses such a file
+            raise ValueError('upstream_transport "tls" needs TLS settings with enabled = true')
         transports = Transports(loop=loop, limits=limits, stats=self.counters, tcp_idle_timeout=s.tcp_idle_timeout,
-                                tcp_max_connections=s.tcp_max_connections)
+                                tcp_max_connections=budget.connections,
+                                tcp_max_connections_per_address=s.tcp_max_connections_per_address,
+                                tcp_read_timeout=s.tcp_read_timeout,
+                                tls_client=client_context(tls) if tls else None,
+                                tls_handshake_timeout=self.tls.handshake_timeout)
         self.port = await transports.start(s.host, s.port, udp=s.udp, tcp=s.tcp)
         self._transports = transports
+        if tls is not None:
+            try:
+                self.tls_port = await transports.start_tls(s.host, tls.port, server_context(tls))
+            except BaseException:
+                await transports.close()
+                raise
         unspecified = ipaddress.ip_address(s.host).is_unspecified
         adv_host = s.advertised_host or (primary_address() if unspecified else s.host)
-        advertised = Advertised(adv_host, s.advertised_port or self.port)
+        advertised = Advertised(adv_host, s.advertised_port or self.port, self.tls_port)
         local_names = [f"{adv_host}:{self.port}"]
+        if self.tls_port:
+            local_names.append(f"{adv_host}:{self.tls_port}")
         if unspecified:
             local_names += ["127.0.0.1", "localhost"]
+            if self.tls_port:
+                local_names += [f"127.0.0.1:{self.tls_port}", f"localhost:{self.tls_port}"]
         else:
             local_names.append(s.host)
+            if self.tls_port:
+                local_names.append(f"{s.host}:{self.tls_port}")
         upstream = None
         if s.upstream:
             host, port = s.upstream_hostport
@@ -69,11 +102,13 @@ class SipNode:
                 host = infos[0][4][0]
             upstream = Peer(s.upstream_transport, host, port)
         self.core = SipCore(s, clock=LoopClock(loop), send=transports.send, advertised=advertised,
-                            hooks=self.hooks, local_names=local_names, upstream=upstream, counters=self.counters)
+                            hooks=self.hooks, local_names=local_names, upstream=upstream, counters=self.counters,
+                            admission=self.admission, limits=self.limits)
         transports.receiver = self._wrap_receiver(self.core) if self._wrap_receiver else self.core
         self.core.start()
         log_event(log, "sip.started", host=s.host, port=self.port, mode=s.mode, advertised=advertised.hostport,
-                  upstream=str(upstream) if upstream else "", udp=s.udp, tcp=s.tcp)
+                  upstream=str(upstream) if upstream else "", udp=s.udp, tcp=s.tcp, tls_port=self.tls_port,
+                  max_connections=budget.connections)
 
     async def close(self) -> None:
         if self.core is not None:
@@ -110,5 +145,9 @@ class SipNode:
             out["bindings"] = len(self.core.location)
             out["calls"] = len(self.core.dialogs)
         if self._transports is not None:
-            out["tcp_connections"] = len(self._transports.by_id)
+            t = self._transports
+            out["tcp_connections"] = len(t.by_id)
+            out["tcp_refused_global"] = t.refused["global"]
+            out["tcp_refused_per_address"] = t.refused["per_address"]
+            out["tcp_read_timeouts"] = t.read_timeouts
         return out

@@ -29,7 +29,8 @@ log = logging.getLogger("meter.sip")
 
 class Registrar:
     def __init__(self, location: LocationService, *, hooks: SipHooks, guard: HookCaller, clock: Clock,
-                 upstream: Peer | None, reply: Callable, refuse: Callable, forward_upstream: Callable) -> None:
+                 upstream: Peer | None, reply: Callable, refuse: Callable, forward_upstream: Callable,
+                 admission=None, limits=None) -> None:
         self.location = location
         self.hooks = hooks
         self.guard = guard
@@ -38,14 +39,24 @@ class Registrar:
         self._reply = reply          # (txn, status, reason=None, headers=())
         self._refuse = refuse        # (txn, verdict)
         self._forward_upstream = forward_upstream  # (txn, req, outcome)
+        self.admission = admission  # meter.sip.auth.admission.Admission, or None
+        self.limits = limits  # meter.sip.limits.SourceLimiter (registrations per source), or None
 
     def on_register(self, txn: ServerTransaction, req: Request, source: Peer) -> None:
+        if req.to.uri.scheme not in ("sip", "sips"):
+            # RFC 3261 §10.3 steps 3-4: the To is the address-of-record, a SIP or SIPS URI (RFC 4475 unksm2)
+            log_event(log, "sip.register.refused", logging.INFO, reason="to_not_sip_uri", source=str(source),
+                      user_agent=req.user_agent or "")
+            self._reply(txn, 400, "Bad Request - To is not a SIP or SIPS URI")
+            return
         aor = req.to.uri.aor
         star = req.is_star_contact
         contacts = tuple(req.contacts)
         ua = req.user_agent or ""
         rr = RegisterRequest(aor, contacts, star, req.expires, req.call_id, req.cseq.number, source, ua)
         plan = None
+        if self.upstream is None and self.admission is not None and not self.admission.register(txn, req, source):
+            return  # RFC 3261 §22.2: challenged (401) or not the AOR's owner (403): nothing charged
         if self.upstream is None:
             try:
                 plan = self.location.check(rr)  # before the hook: a refused REGISTER never charges
@@ -85,6 +96,8 @@ class Registrar:
 
     def bindings_changed(self, change: Change) -> None:
         now = self.clock.time()
+        if self.limits is not None:  # [limits] registrations: AORs bound per source address
+            self.limits.bindings_changed(change.aor, frozenset(b.source.host for b in change.bindings if b.source))
         infos = tuple(BindingInfo(b.contact, b.remaining(now), b.source, b.user_agent) for b in change.bindings)
         self.guard.notify(self.hooks.on_bindings, change.aor, infos, change.user_agent, change.source,
                           self.clock.wall())

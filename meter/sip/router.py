@@ -6,12 +6,20 @@ location service and never sends.
 
 from __future__ import annotations
 
+import logging
 from typing import Callable, NamedTuple
 
 from meter.codecs.sip import Request, parse_name_addr
+from meter.logs import log_event
 from meter.sip.location import Binding, LocationService
 from meter.sip.peer import Peer
 from meter.sip.routing import LocalAddresses, over_flow, uri_peer, uri_transport
+
+log = logging.getLogger("meter.sip")
+
+# RFC 3261 §16.6 / §21.4.4: a proxy that will not relay answers 403; the phrase says why.
+RELAY_PRELOADED = (403, "Forbidden - relay not allowed (pre-loaded Route)")
+RELAY_IN_DIALOG = (403, "Forbidden - relay not allowed (not a dialog this node routes)")
 
 
 class Target(NamedTuple):
@@ -29,12 +37,17 @@ class Located(NamedTuple):
 
 class Router:
     def __init__(self, *, local: LocalAddresses, location: LocationService, inline: bool,
-                 upstream: Peer | None, zone_route: Callable[[str], str | None] | None) -> None:
+                 upstream: Peer | None, zone_route: Callable[[str], str | None] | None, relay: str = "zones",
+                 trusted_source: Callable[[str], bool] | None = None,
+                 zone_destination: Callable[[str, int], bool] | None = None) -> None:
         self.local = local
         self.location = location
         self.inline = inline
         self.upstream = upstream
         self._zone_route = zone_route
+        self.relay = relay
+        self._trusted_source = trusted_source
+        self._zone_destination = zone_destination
 
     def pop_own_routes(self, req: Request) -> str | None:
         """RFC 3261 §16.4: pop every topmost Route that names this node (two after a double
@@ -67,8 +80,12 @@ class Router:
         """RFC 3261 §16.5-16.6: the target set of an initial request."""
         uri = req.request_uri
         bindings = self.location.lookup(uri.aor, now)
-        if req.has_header("route"):  # RFC 3261 §16.6 step 6-7: a pre-loaded route decides
-            return Located([Target(None, uri_peer(parse_name_addr(req.header("route")).uri))], None, bool(bindings))
+        if req.has_header("route"):  # RFC 3261 §16.6 step 6-7: a pre-loaded route decides, where policy allows
+            peer = uri_peer(parse_name_addr(req.header("route")).uri)
+            if not (self.trusted(source) or self.may_relay_to(peer)):
+                self._relay_refused(req, source, peer, "pre-loaded Route")
+                return Located([], RELAY_PRELOADED, False)
+            return Located([Target(None, peer)], None, bool(bindings))
         hit = self.location.by_contact(uri, now)
         if hit is not None:  # the Request-URI already is a registered contact (after the upstream's lookup)
             return Located([Target(None, self.binding_peer(hit, uri))], None, True)
@@ -88,6 +105,50 @@ class Router:
                 return Located([], (404, "Not Found"), False)
             return Located([Target(None, uri_peer(uri))], None, bool(bindings))
         return Located([Target(None, self.upstream)], None, bool(bindings))
+
+    # -- relay policy (RFC 3261 §16.4, §16.6; DESIGN.md principle 5) -------------------------------------
+
+    def trusted(self, source: Peer) -> bool:
+        """A zone's peer or the upstream: not an endpoint, its requests may go where they ask."""
+        if self.from_upstream(source):
+            return True
+        return self._trusted_source is not None and self._trusted_source(source.host)
+
+    def may_relay_to(self, peer: Peer) -> bool:
+        """Where an endpoint's pre-loaded Route may lead: the upstream, and under ``relay = "zones"``
+        a configured zone (a peer or its target)."""
+        up = self.upstream
+        if up is not None and peer.host == up.host and peer.port == up.port:
+            return True
+        return self.relay == "zones" and self._zone_destination is not None and \
+            self._zone_destination(peer.host, peer.port)
+
+    def in_dialog_refusal(self, req: Request, source: Peer, peer: Peer, own_route: bool,
+                          parties: Callable[[Request], frozenset | None], now: float) -> tuple[int, str] | None:
+        """May an in-dialog request (To tag) from ``source`` go to ``peer``? RFC 3261 §16.12: it
+        follows its route set when the node is in it: the node's own Route entry was on top
+        (``own_route``, popped) or it came with no Route at all, for a call the node record-routed,
+        towards one of that call's ends (``parties(req)``, from the call table, asked last). A To
+        tag alone proves nothing (anyone can write one), a Route the node did not record is a
+        pre-loaded route (§12.2.1.1 builds Route from the route set only), and one real call is no
+        licence to address others; so otherwise the request goes only where an initial one could:
+        a registered contact (the Request-URI, after :meth:`next_hop`), the upstream or a zone."""
+        has_route = req.has_header("route")
+        if not has_route and self.location.by_contact(req.request_uri, now) is not None:
+            return None
+        if own_route or not has_route:
+            ends = parties(req)
+            if ends is not None and peer.address in ends:
+                return None
+        if self.trusted(source) or self.may_relay_to(peer):
+            return None
+        self._relay_refused(req, source, peer, "in-dialog")
+        return RELAY_IN_DIALOG
+
+    @staticmethod
+    def _relay_refused(req: Request, source: Peer, peer: Peer, what: str) -> None:
+        log_event(log, "sip.relay.refused", logging.INFO, source=str(source), user_agent=req.user_agent or "",
+                  method=req.method, target=str(peer), request_uri=str(req.uri), why=what)
 
     def zone_hop(self, req: Request) -> Peer | None:
         """Zone routing (search rules): where a request no binding claims goes."""

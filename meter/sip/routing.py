@@ -35,7 +35,10 @@ def is_ip(host: str) -> bool:
 
 def uri_transport(uri: URI, default: str = "udp") -> str:
     t = uri.params.get("transport")
-    return t.lower() if t else default
+    if t:
+        return t.lower()
+    # RFC 3261 §26.2.2 / RFC 5630 §3: a sips: URI is reached over TLS when it names no transport.
+    return "tls" if uri.scheme == "sips" else default
 
 
 def uri_peer(uri: URI, default_transport: str = "udp") -> Peer:
@@ -145,21 +148,32 @@ def local_branch() -> str:
 
 @dataclass(frozen=True)
 class Advertised:
-    """How the node names itself in Via, Record-Route and Path."""
+    """How the node names itself in Via, Record-Route and Path: ``port`` for UDP and TCP,
+    ``tls_port`` for TLS (0 when the node has no TLS listener)."""
 
     host: str
     port: int
+    tls_port: int = 0
 
     @property
     def hostport(self) -> str:
+        return self.hostport_for("udp")
+
+    def hostport_for(self, transport: str) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        port = self.tls_port if transport == "tls" and self.tls_port else self.port
+        return f"{host}:{port}"
 
     def via(self, transport: str, branch: str) -> str:
-        # RFC 3581 §3: ask for rport so responses come back to the port we sent from.
-        return f"SIP/2.0/{transport.upper()} {self.hostport};branch={branch};rport"
+        # RFC 3581 §3: ask for rport so responses come back to the port we sent from. Over TLS the
+        # sent-by names the TLS listener, and alias (RFC 5923 §5, for TLS only: the peer knows who
+        # we are from our certificate) lets the next hop send its requests for us back over this
+        # connection instead of dialling the listener: an upstream's requests then arrive from it.
+        alias = ";alias" if transport == "tls" else ""
+        return f"SIP/2.0/{transport.upper()} {self.hostport_for(transport)};branch={branch};rport{alias}"
 
     def route_uri(self, transport: str) -> str:
-        # RFC 3261 §16.6 step 4: lr marks a loose router; transport when it is not UDP.
+        # RFC 3261 §16.6 step 4: lr marks a loose router; transport when it is not UDP (transport=tls,
+        # not sips:, so the hop is TLS without demanding TLS end to end: RFC 5630 §3.1.3, RFC 5658).
         tp = "" if transport == "udp" else f";transport={transport}"
-        return f"<sip:{self.hostport}{tp};lr>"
+        return f"<sip:{self.hostport_for(transport)}{tp};lr>"

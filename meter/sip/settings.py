@@ -38,8 +38,17 @@ class SipSettings:
     `inline`: REGISTER and calls for aliases it cannot place go to `upstream`; bindings are learned from its answers."""
     upstream: str = ""
     """Inline mode: the lab registrar as "host:port" (Kamailio, Asterisk, Unified CM...)."""
-    upstream_transport: Literal["udp", "tcp"] = "udp"
-    """Transport towards `upstream`."""
+    upstream_transport: Literal["udp", "tcp", "tls"] = "udp"
+    """Transport towards `upstream` ("tls" needs `[tls] enabled`; the upstream is verified against `[tls] ca`)."""
+    relay: Literal["zones", "refuse"] = "zones"
+    """Relay policy (RFC 3261 §16.4, §16.6) for requests from endpoints (not a `[[zones]]` peer,
+    not the upstream) whose pre-loaded Route names another host: `zones` follows such a Route only
+    to the upstream or a configured zone (a `peers` address or its `target`), `refuse` only to the
+    upstream; anything else is answered 403 "Forbidden - relay not allowed (...)" and logged.
+    In-dialog requests follow their route set to the ends of a call the node record-routed, else
+    the same rule. The default `zones` keeps what an Expressway does (calls go only where a zone's
+    search rule leads) and an ITSP trunk reached by a pre-loaded Route working; Kamailio's
+    precedent is `loose_route()` followed by a `permissions`/`dispatcher` check of the next hop."""
     min_expires: int = 60
     """Shortest registration accepted; shorter ones get 423 with Min-Expires (RFC 3261 §10.3 step 6).
     60 s is Kamailio's (registrar min_expires) and Asterisk's (minexpiry) default."""
@@ -79,13 +88,27 @@ class SipSettings:
     max_message_bytes: int = 65535
     """Largest SIP message accepted, in bytes (513 beyond). 65535 is the UDP datagram limit and Kamailio's BUF_SIZE."""
     max_headers: int = 256
-    """Most header lines in one message (513 beyond). Real requests carry 10-40; 256 leaves room for
+    """Most header lines in one message (400 beyond). Real requests carry 10-40; 256 leaves room for
     long Via/Record-Route chains while bounding the work one datagram can cause (the codec's default)."""
     tcp_idle_timeout: float = 3600.0
     """Close a TCP connection idle this long (seconds). As long as the longest registration (max_expires),
     so an endpoint registered over TCP stays reachable through its connection (RFC 5923 reuse)."""
     tcp_max_connections: int = 10000
-    """Most simultaneous TCP connections; further accepts are closed at once. Bounds file descriptors."""
+    """Most simultaneous TCP and TLS connections; further accepts are closed at once. Bounds file
+    descriptors: lowered at start, with a warning, to the process's limit (RLIMIT_NOFILE) less `fd_reserve`."""
+    tcp_max_connections_per_address: int = 32
+    """Most simultaneous inbound TCP and TLS connections from one IP address; further ones are closed at
+    once. An endpoint needs one or two (RFC 5626 §4.2: two flows); 32 leaves room for a small NAT or
+    PBX while one host cannot take the node's connections (Kamailio's pike and Asterisk's tcpauthlimit
+    bound the same abuse)."""
+    tcp_read_timeout: float = 20.0
+    """A connection whose message has begun but not completed (or that sent nothing yet) this long
+    (seconds) is closed: slowloris, a Content-Length larger than what arrives. 20 s is Kamailio's
+    tcp_msg_read_timeout and Apache mod_reqtimeout's header timeout; a real message arrives in milliseconds."""
+    fd_reserve: int = 256
+    """File descriptors kept from SIP connections for everything else: the admin server and
+    /metrics, the state database, logs, Redis, UDP sockets. HAProxy derives maxconn from the
+    descriptor limit the same way, less what its listeners and checks need."""
     user_agent: str = "meter"
     """Server header in responses the node answers itself."""
 
@@ -110,7 +133,7 @@ class SipSettings:
                 f"{self.min_expires}, {self.default_expires}, {self.max_expires}"
             )
         for name in ("t1", "t2", "t4", "timer_c", "timer_d", "max_dialog_age", "housekeeping_interval",
-                     "tcp_idle_timeout"):
+                     "tcp_idle_timeout", "tcp_read_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name}: expected a positive number of seconds, got {getattr(self, name)}")
         if self.min_se < MIN_SE_FLOOR:
@@ -120,6 +143,8 @@ class SipSettings:
                 f"session_expires: expected 0 or at least min_se ({self.min_se}), got {self.session_expires}")
         if self.t2 < self.t1:
             raise ValueError(f"t2 ({self.t2}) must not be shorter than t1 ({self.t1})")
+        if self.tcp_max_connections < 1 or self.tcp_max_connections_per_address < 1 or self.fd_reserve < 0:
+            raise ValueError("tcp_max_connections and tcp_max_connections_per_address must be >= 1, fd_reserve >= 0")
         if self.max_message_bytes < 1024 or self.max_headers < 16:
             raise ValueError("max_message_bytes must be >= 1024 and max_headers >= 16")
 

@@ -1,10 +1,16 @@
-"""UDP and TCP for the SIP core: thin asyncio callbacks, no task per packet (uvicorn style).
+"""UDP, TCP and TLS for the SIP core: thin asyncio callbacks, no task per packet (uvicorn style).
 
-UDP: one ``DatagramProtocol``, one message per datagram (RFC 3261 §18.3). TCP: one ``Protocol``
-per connection framing by Content-Length with the codec's ``StreamReader``; connections are
-indexed by id and by (transport, host, port) so responses and later requests reuse them (RFC 3261
-§18.2.2, RFC 5923). Outbound connections are opened on demand (one task per connection attempt,
-not per message) and what was sent meanwhile is queued.
+UDP: one ``DatagramProtocol``, one message per datagram (RFC 3261 §18.3). TCP and TLS (RFC 3261
+§26.2.1: TLS is TCP with ``ssl`` underneath, same framing): one ``Protocol`` per connection framing
+by Content-Length with the codec's ``StreamReader``; connections are indexed by id and by
+(transport, host, port) so responses and later requests reuse them (RFC 3261 §18.2.2, RFC 5923).
+Outbound connections are opened on demand (one task per connection attempt, not per message) and
+what was sent meanwhile is queued.
+
+Connections are bounded so that no peer can hold the node's descriptors: a global cap (kept under
+RLIMIT_NOFILE by ``meter.sip.descriptors``), a cap per source address, a read timeout for a
+message begun and never finished (slowloris), and the idle timeout. A refusal by a cap is logged,
+at most once per cap every few seconds.
 """
 
 from __future__ import annotations
@@ -13,9 +19,12 @@ import asyncio
 import itertools
 import logging
 import socket
+import ssl
+from collections import Counter
 from typing import Protocol
 
 from meter.codecs.sip import Limits, SIPError, StreamReader
+from meter.logs import log_event
 from meter.sockets import enlarge_receive_buffer
 from meter.sip.peer import Peer
 from meter.sip.routing import is_ip
@@ -30,6 +39,8 @@ TCP_CONNECT_TIMEOUT = 5.0
 MAX_PENDING_PER_CONNECTION = 256
 # Resolved names are kept this long: a lab's names rarely move, and a minute bounds staleness.
 DNS_CACHE_SECONDS = 60.0
+# At most one log line per cap this often: a flood of refused connections must not flood the log.
+REFUSAL_LOG_SECONDS = 5.0
 
 # A connection's address key: (transport, host, port). The transport is part of it so a TCP and a
 # TLS connection to one address never take each other's place: what must go over TLS never
@@ -81,21 +92,32 @@ class UdpEndpoint(asyncio.DatagramProtocol):
 
 
 class TcpConnection(asyncio.Protocol):
-    def __init__(self, transports: "Transports", target: ConnectionKey | None = None) -> None:
+    """One stream connection, TCP or TLS (``kind``); the ssl layer below is asyncio's."""
+
+    def __init__(self, transports: "Transports", target: ConnectionKey | None = None, kind: str = "tcp") -> None:
         self._t = transports
         self.id = next(transports.ids)
+        self.kind = kind
         self.target = target  # the key we dialled, for outbound connections
         self.transport: asyncio.Transport | None = None
-        self.peer = Peer("tcp", "", 0, self.id)
+        self.peer = Peer(kind, "", 0, self.id)
         self.remote: ConnectionKey = connection_key(self.peer)
         self.reader = StreamReader(transports.limits)
         self.last_active = transports.loop.time()
+        # When the message being read began; an accepted connection starts "partial" until its
+        # first message (a silent connection is slowloris too). None: between messages.
+        self.partial_since: float | None = None if target is not None else self.last_active
+        self.registered = False
         self._pings = 0
+
+    @property
+    def inbound(self) -> bool:
+        return self.target is None
 
     def connection_made(self, transport) -> None:
         self.transport = transport
         addr = transport.get_extra_info("peername") or ("", 0)
-        self.peer = Peer("tcp", addr[0], addr[1], self.id)
+        self.peer = Peer(self.kind, addr[0], addr[1], self.id)
         self.remote = connection_key(self.peer)
         if not self._t.register(self):
             transport.abort()
@@ -120,6 +142,11 @@ class TcpConnection(asyncio.Protocol):
                 for msg in messages:
                     receiver.receive_message(msg, self.peer)
                 break
+            if self.reader.buffered:
+                if self.partial_since is None:
+                    self.partial_since = self.last_active
+            else:
+                self.partial_since = None
             if self.reader.pings != self._pings:
                 # RFC 5626 §4.4.1: answer each CRLFCRLF ping with a CRLF pong.
                 self.transport.write(b"\r\n" * (self.reader.pings - self._pings))
@@ -140,7 +167,9 @@ class TcpConnection(asyncio.Protocol):
 class Transports:
     """The node's sockets; ``send(data, peer)`` is what the core calls."""
 
-    def __init__(self, *, loop, limits: Limits, stats: _Stats, tcp_idle_timeout: float, tcp_max_connections: int):
+    def __init__(self, *, loop, limits: Limits, stats: _Stats, tcp_idle_timeout: float, tcp_max_connections: int,
+                 tcp_max_connections_per_address: int = 32, tcp_read_timeout: float = 20.0,
+                 tls_client: ssl.SSLContext | None = None, tls_handshake_timeout: float = 10.0):
         self.loop = loop
         self.limits = limits
         self.stats = stats
@@ -155,9 +184,21 @@ class Transports:
         self._resolving: dict[str, list[tuple[bytes, Peer]]] = {}
         self._tasks: set[asyncio.Task] = set()
         self._idle = tcp_idle_timeout
+        self._read_timeout = tcp_read_timeout
         self._max_conns = tcp_max_connections
+        self._max_per_address = tcp_max_connections_per_address
+        self._inbound_by_host: Counter[str] = Counter()
+        self._tls_client = tls_client
+        self._handshake_timeout = tls_handshake_timeout
+        self.tls_server: asyncio.AbstractServer | None = None
+        # Connections refused, by cap ("global", "per_address"), and what the log has not told yet.
+        self.refused: Counter[str] = Counter()
+        self._unlogged: Counter[str] = Counter()
+        self._logged_at: dict[str, float] = {}
+        self.read_timeouts = 0
         self._sweep_handle = None
         self.port = 0
+        self.tls_port = 0
 
     # -- binding -------------------------------------------------------------------------------------
 
@@ -185,6 +226,18 @@ class Transports:
             return bound
         raise OSError("could not bind UDP and TCP on one free port")  # pragma: no cover
 
+    async def start_tls(self, host: str, port: int, context: ssl.SSLContext) -> int:
+        """The TLS listener (RFC 3261 §26.2.1); a handshake longer than its timeout is dropped.
+        The caps count a connection once its handshake is done (asyncio calls connection_made
+        then); until then the handshake timeout bounds how long it holds a descriptor."""
+        self.tls_server = await self.loop.create_server(
+            lambda: TcpConnection(self, kind="tls"), host, port, reuse_address=True, ssl=context,
+            ssl_handshake_timeout=self._handshake_timeout)
+        self.tls_port = self.tls_server.sockets[0].getsockname()[1]
+        if self._sweep_handle is None:
+            self._schedule_sweep()
+        return self.tls_port
+
     async def _unbind(self) -> None:
         if self.udp is not None:
             self.udp.close()
@@ -197,6 +250,8 @@ class Transports:
     async def close(self) -> None:
         if self._sweep_handle is not None:
             self._sweep_handle.cancel()
+        if self.tls_server is not None:
+            self.tls_server.close()
         for task in list(self._tasks):
             task.cancel()
         for conn in list(self.by_id.values()):
@@ -212,11 +267,15 @@ class Transports:
         if self.tcp_server is not None:
             await self.tcp_server.wait_closed()
             self.tcp_server = None
+        if self.tls_server is not None:
+            await self.tls_server.wait_closed()
+            self.tls_server = None
 
     # -- sending -------------------------------------------------------------------------------------
 
     def send(self, data: bytes, peer: Peer) -> None:
-        if not is_ip(peer.host):
+        if not is_ip(peer.host) and peer.transport != "tls":
+            # Over TLS the name is kept: the server's certificate is checked against it (RFC 5922 §7.2).
             self._send_by_name(data, peer)
             return
         if peer.transport == "udp":
@@ -225,8 +284,8 @@ class Transports:
                 return
             self.udp.sendto(data, (peer.host, peer.port))
             return
-        if peer.transport != "tcp":
-            self.send_error()  # TLS/SCTP/WS are not offered by this node
+        if peer.transport not in ("tcp", "tls") or (peer.transport == "tls" and self._tls_client is None):
+            self.send_error()  # SCTP/WS are not offered by this node; TLS only when configured
             return
         conn = self.by_id.get(peer.conn) if peer.conn is not None else None
         if conn is None:
@@ -244,7 +303,8 @@ class Transports:
             else:
                 self.send_error()
             return
-        if len(self.by_id) >= self._max_conns:
+        if len(self.by_id) + len(self._connecting) >= self._max_conns:
+            self._refuse("global", key[1])
             self.send_error()
             return
         self._connecting[key] = [data]
@@ -252,14 +312,19 @@ class Transports:
 
     async def _connect(self, key: ConnectionKey) -> None:
         transport, host, port = key
+        tls = {}
+        if transport == "tls":
+            # RFC 5922 §7.2: the next hop's certificate must name the host (or IP) it was reached by.
+            tls = dict(ssl=self._tls_client, server_hostname=host, ssl_handshake_timeout=self._handshake_timeout)
         try:
             _, conn = await asyncio.wait_for(
-                self.loop.create_connection(lambda: TcpConnection(self, key), host, port),
-                TCP_CONNECT_TIMEOUT)
+                self.loop.create_connection(lambda: TcpConnection(self, key, transport), host, port, **tls),
+                TCP_CONNECT_TIMEOUT + (self._handshake_timeout if tls else 0.0))
         except (OSError, asyncio.TimeoutError) as exc:
             dropped = self._connecting.pop(key, [])
             self.stats.send_errors += len(dropped)
-            log.info("sip.tcp.connect_failed", extra={"facts": {"peer": f"{host}:{port}", "error": str(exc)}})
+            log.info("sip.tcp.connect_failed", extra={"facts": {"peer": f"{transport}:{host}:{port}",
+                                                                "error": str(exc)}})
             self._unreachable(Peer(transport, host, port))
             return
         for data in self._connecting.pop(key, []):
@@ -310,9 +375,16 @@ class Transports:
     # -- connection table ------------------------------------------------------------------------------
 
     def register(self, conn: TcpConnection) -> bool:
-        if len(self.by_id) >= self._max_conns:
-            self.send_error()
-            return False
+        host = conn.remote[1]
+        if conn.inbound:
+            if len(self.by_id) + len(self._connecting) >= self._max_conns:
+                self._refuse("global", host)
+                return False
+            if self._inbound_by_host[host] >= self._max_per_address:
+                self._refuse("per_address", host)
+                return False
+            self._inbound_by_host[host] += 1
+        conn.registered = True
         self.by_id[conn.id] = conn
         self.by_addr[conn.remote] = conn
         if conn.target is not None and conn.target != conn.remote:
@@ -320,20 +392,54 @@ class Transports:
         return True
 
     def unregister(self, conn: TcpConnection) -> None:
+        if not conn.registered:
+            return  # refused by a cap: never counted
+        conn.registered = False
+        if conn.inbound:
+            host = conn.remote[1]
+            self._inbound_by_host[host] -= 1
+            if self._inbound_by_host[host] <= 0:
+                del self._inbound_by_host[host]
         self.by_id.pop(conn.id, None)
         for key in (conn.remote, conn.target):
             if key is not None and self.by_addr.get(key) is conn:
                 del self.by_addr[key]
 
+    def _refuse(self, cap: str, host: str) -> None:
+        """A cap refused a connection: count it; log it unless this cap was logged moments ago."""
+        self.refused[cap] += 1
+        self._unlogged[cap] += 1
+        now = self.loop.time()
+        if now - self._logged_at.get(cap, -REFUSAL_LOG_SECONDS) < REFUSAL_LOG_SECONDS:
+            return
+        self._logged_at[cap] = now
+        limit = self._max_conns if cap == "global" else self._max_per_address
+        log_event(log, "sip.tcp.refused", logging.WARNING, cap=cap, limit=limit, source=host,
+                  refused=self._unlogged.pop(cap), connections=len(self.by_id))
+
     def _schedule_sweep(self) -> None:
-        self._sweep_handle = self.loop.call_later(min(self._idle / 2, 30.0), self._sweep)
+        # Often enough that a read timeout is enforced within a quarter of itself.
+        every = min(self._idle / 2, self._read_timeout / 4, 30.0)
+        self._sweep_handle = self.loop.call_later(every, self._sweep)
 
     def _sweep(self) -> None:
         self._schedule_sweep()
-        limit = self.loop.time() - self._idle
+        now = self.loop.time()
+        idle_limit, read_limit = now - self._idle, now - self._read_timeout
+        timed_out = 0
         for conn in list(self.by_id.values()):
-            if conn.last_active < limit and conn.transport is not None:
+            if conn.transport is None:
+                continue
+            if conn.partial_since is not None and conn.partial_since < read_limit:
+                # A message begun and not finished in time (slowloris, a Content-Length larger
+                # than what arrives): nothing of it can be answered, so drop the connection now.
+                timed_out += 1
+                conn.transport.abort()
+            elif conn.last_active < idle_limit:
                 conn.transport.close()
+        if timed_out:
+            self.read_timeouts += timed_out
+            log_event(log, "sip.tcp.read_timeout", logging.INFO, closed=timed_out, timeout=self._read_timeout)
 
     # -- stats -----------------------------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """Durable licensing state in SQLite under the node's state directory, and the issuer key files.
 
-Option keys, the license mode, alarms, the node serial, the trusted issuer public key and recent
-usage snapshots, all surviving a restart (DESIGN.md principle 4). The licensing domain
+Option keys, the license mode, alarms, the node serial, the trusted issuer public key, recent
+usage snapshots and the lost cluster peers whose licenses still count (P2), all surviving a restart (DESIGN.md principle 4). The licensing domain
 (``meter.licensing``) never imports this module: it gets key rows, alarms and keys from here.
 
 First use creates what is missing: the node serial (random, like a hardware serial) and, for a
@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.serialization import (
 
 from meter.licensing.alarms import Alarm
 from meter.licensing.license_mode import DEFAULT_LICENSE_MODE
+from meter.licensing.pool import PeerRecord
 
 DB_NAME = "licensing.sqlite"
 ISSUER_KEY_NAME = "issuer-ed25519.pem"
@@ -43,6 +44,9 @@ CREATE TABLE IF NOT EXISTS alarms (
     id TEXT PRIMARY KEY, rule TEXT NOT NULL, severity TEXT NOT NULL, reason TEXT NOT NULL,
     raised_at REAL NOT NULL, cleared_at REAL, cleared_reason TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS usage (at REAL NOT NULL, snapshot TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS lost_peers (
+    cluster TEXT NOT NULL, peer TEXT NOT NULL, last_seen REAL NOT NULL, call_capacity INTEGER NOT NULL,
+    contributed TEXT NOT NULL, PRIMARY KEY (cluster, peer));
 """
 
 
@@ -166,6 +170,27 @@ class LicensingStore:
         row = self._db.execute("SELECT at, snapshot FROM usage ORDER BY at DESC LIMIT 1").fetchone()
         return (row[0], json.loads(row[1])) if row else None
 
+    # ---- lost cluster peers (P2) ---------------------------------------------------------
+
+    def lost_peers(self, cluster: str) -> list[PeerRecord]:
+        """The lost peers of ``cluster`` whose licenses this node keeps in the pool (P2), as
+        ``meter.cluster.sync.PoolSync`` last wrote them: when contact was lost and what they held."""
+        rows = self._db.execute("SELECT peer, last_seen, call_capacity, contributed FROM lost_peers "
+                                "WHERE cluster = ? ORDER BY peer", (cluster,))
+        return [PeerRecord(name=peer, last_seen=last_seen, call_capacity=capacity,
+                           contributed={str(k): int(v) for k, v in json.loads(contributed).items()})
+                for peer, last_seen, capacity, contributed in rows]
+
+    def save_lost_peer(self, cluster: str, record: PeerRecord) -> None:
+        self._db.execute(
+            "INSERT INTO lost_peers (cluster, peer, last_seen, call_capacity, contributed) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT(cluster, peer) DO UPDATE SET last_seen = excluded.last_seen, "
+            "call_capacity = excluded.call_capacity, contributed = excluded.contributed",
+            (cluster, record.name, record.last_seen, record.call_capacity, json.dumps(record.contributed)))
+
+    def forget_lost_peer(self, cluster: str, peer: str) -> None:
+        self._db.execute("DELETE FROM lost_peers WHERE cluster = ? AND peer = ?", (cluster, peer))
+
     # ---- backup and factory reset (L2) --------------------------------------------------
 
     def backup(self, path: str | Path) -> Path:
@@ -240,3 +265,113 @@ def _load_pem(path: str | Path, load, expected: type, kind: str):
     if not isinstance(key, expected):
         raise StoreError(f"{path}: expected an Ed25519 {kind} key")
     return key
+
+
+# ---- the node's identity: created once, never regenerated silently ----------------------------
+
+INIT_HINT = "run `meter init` for a new node, or `meter restore <backup>`"
+BACKUP_FILES_TABLE = "backup_files"
+_KEY_FILES = (ISSUER_KEY_NAME, ISSUER_KEY_NAME + ".pub")
+
+
+def check_initialised(state_dir: str | Path) -> str:
+    """The serial of an initialised state directory; a StoreError of one line naming the file and
+    what to do when it is missing, empty (0 bytes), unreadable, or holds no serial. A new serial
+    would orphan every option key bound to the old one (K2), so the node never makes one up."""
+    path = Path(state_dir) / DB_NAME
+    if not path.exists():
+        raise StoreError(f"{path}: no node state (missing): {INIT_HINT}")
+    if path.stat().st_size == 0:
+        raise StoreError(f"{path}: no node state (empty file, 0 bytes): {INIT_HINT}")
+    try:
+        db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000)
+        try:
+            row = db.execute("SELECT value FROM meta WHERE key = 'serial'").fetchone()
+        finally:
+            db.close()
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path}: not a readable node state ({exc}): {INIT_HINT}") from None
+    if row is None:
+        raise StoreError(f"{path}: holds no node serial: {INIT_HINT}")
+    return row[0]
+
+
+def init_state(state_dir: str | Path) -> str:
+    """`meter init`: a new node's serial and trusted issuer key, once. Refuses any existing state
+    file, even an empty one: replacing it is the operator's explicit act (remove it, or restore)."""
+    path = Path(state_dir) / DB_NAME
+    if path.exists():
+        raise StoreError(f"{path}: a node state file exists already; `meter init` never replaces one "
+                         f"(`meter restore <backup>` brings back a saved one)")
+    with LicensingStore(state_dir) as store:
+        serial = store.serial
+        store.issuer_public_key()  # trusts the lab issuer file, creating it when missing
+        store.set_meta("initialised_at", str(time.time()))
+    return serial
+
+
+def backup_state(state_dir: str | Path, target: str | Path) -> tuple[Path, str]:
+    """`meter backup`: one SQLite file, a consistent copy (sqlite3 backup API, safe while the node
+    writes) of the whole state database, with the issuer key files inside it."""
+    serial = check_initialised(state_dir)
+    target = Path(target)
+    if target.exists():
+        raise StoreError(f"{target}: exists already; a backup never overwrites a file")
+    with LicensingStore(state_dir) as store:
+        store.backup(target)
+    try:
+        with sqlite3.connect(target) as db:
+            db.execute(f"CREATE TABLE {BACKUP_FILES_TABLE} (name TEXT PRIMARY KEY, data BLOB NOT NULL)")
+            for name in _KEY_FILES:
+                source = Path(state_dir) / name
+                if source.exists():
+                    db.execute(f"INSERT INTO {BACKUP_FILES_TABLE} VALUES (?, ?)", (name, source.read_bytes()))
+        db.close()
+    except (OSError, sqlite3.Error) as exc:
+        raise StoreError(f"{target}: cannot write backup: {exc}") from None
+    return target, serial
+
+
+def restore_state(source: str | Path, state_dir: str | Path, *, force: bool = False) -> str:
+    """`meter restore`: the state database and issuer key files back from a backup; the node keeps
+    its serial and keys. Calls in progress are not brought back (their endpoints' dialogs are long
+    gone or unknown); bindings come back with their own expiry and lapse at start when it passed.
+    Refuses to replace an existing state without ``force``; the node must be stopped."""
+    source = Path(source)
+    try:
+        with sqlite3.connect(f"file:{source}?mode=ro", uri=True) as db:
+            serial_row = db.execute("SELECT value FROM meta WHERE key = 'serial'").fetchone()
+        db.close()
+    except sqlite3.Error as exc:
+        raise StoreError(f"{source}: not a meter backup ({exc})") from None
+    if serial_row is None:
+        raise StoreError(f"{source}: not a meter backup (no node serial)")
+    state_dir = Path(state_dir)
+    path = state_dir / DB_NAME
+    if path.exists() and not force:
+        raise StoreError(f"{path}: a node state exists already; stop the node and add --force to replace it")
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        for stale in (path, path.with_name(DB_NAME + "-wal"), path.with_name(DB_NAME + "-shm")):
+            stale.unlink(missing_ok=True)
+        with sqlite3.connect(f"file:{source}?mode=ro", uri=True) as src:
+            target = sqlite3.connect(path)
+            src.backup(target)
+        src.close()
+        files = target.execute(f"SELECT name, data FROM {BACKUP_FILES_TABLE}").fetchall()
+        for name, data in files:
+            if name not in _KEY_FILES:
+                continue  # only the files a backup writes, never a path from the file
+            out = state_dir / name
+            out.unlink(missing_ok=True)
+            fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+        target.execute(f"DROP TABLE {BACKUP_FILES_TABLE}")
+        if target.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'calls'").fetchone():
+            target.execute("DELETE FROM calls")  # meter.store.state's table
+        target.commit()
+        target.close()
+    except (OSError, sqlite3.Error) as exc:
+        raise StoreError(f"{path}: cannot restore from {source}: {exc}") from None
+    return serial_row[0]

@@ -37,6 +37,11 @@ def need(tool: str) -> str:
 class Kamailio:
     """Kamailio in the foreground (-DD -E) on 127.0.0.1:<port>, runtime dir and ctl socket private."""
 
+    cfg = KAMAILIO_CFG  # a variant (the TLS one) names its own file and adds its arguments
+
+    def extra_args(self) -> list[str]:
+        return []
+
     def __init__(self, rundir: Path) -> None:
         self.rundir = rundir
         self.port = free_port()
@@ -48,10 +53,10 @@ class Kamailio:
         binary = need("kamailio")
         self.kamcmd = need("kamcmd")
         cmd = [
-            binary, "-f", str(KAMAILIO_CFG), "-DD", "-E", "-m", "64", "-M", "8",
+            binary, "-f", str(self.cfg), "-DD", "-E", "-m", "64", "-M", "8",
             "-Y", str(self.rundir), "-P", str(self.rundir / "kamailio.pid"), "-w", str(self.rundir),
             "-l", f"udp:127.0.0.1:{self.port}", "-l", f"tcp:127.0.0.1:{self.port}",
-            "-A", f'CTL_SOCKET="unix:{self.ctl}"',
+            "-A", f'CTL_SOCKET="unix:{self.ctl}"', *self.extra_args(),
         ]
         self._log = open(self.log_path, "wb")
         # Own process group: stopping it reaches every Kamailio child and nothing else.

@@ -6,6 +6,7 @@ Each starts on free loopback ports in a private directory and fails loudly when 
 from __future__ import annotations
 
 import json
+import resource
 import shutil
 import socket
 import subprocess
@@ -84,7 +85,7 @@ class MeterProcess:
 
     def __init__(self, workdir: Path, *, sip: dict | None = None, node: dict | None = None,
                  licensing: dict | None = None, zones: list[dict] | None = None, extra: str = "",
-                 h323: dict | None = None):
+                 h323: dict | None = None, admin: dict | None = None):
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.sip_port = free_port()
@@ -94,7 +95,7 @@ class MeterProcess:
         sip = {"host": "127.0.0.1", "port": self.sip_port, **(sip or {})}
         node = {"name": "meter-test", "state_dir": str(self.state_dir), **(node or {})}
         h323 = {"host": "127.0.0.1", "ras_port": self.ras_port, **(h323 or {})}
-        sections = {"node": node, "sip": sip, "h323": h323, "admin": {"port": self.admin_port},
+        sections = {"node": node, "sip": sip, "h323": h323, "admin": {"port": self.admin_port, **(admin or {})},
                     "licensing": licensing or {}, "log": {"level": "debug"}}
         text = "".join(f"[{name}]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in table.items()) + "\n"
                        for name, table in sections.items())
@@ -104,6 +105,7 @@ class MeterProcess:
         self.config.write_text(text + extra)
         self.log_path = workdir / "meter.log"
         self.proc: subprocess.Popen | None = None
+        self.meter_cli("init")  # `meter run` refuses a state directory without a node identity
 
     def meter_cli(self, *args: str) -> str:
         result = subprocess.run([sys.executable, "-m", "meter", *args, "--state-dir", str(self.state_dir)],
@@ -113,15 +115,17 @@ class MeterProcess:
 
     def install_keys(self, quantities: dict[str, int]) -> None:
         """Issue lab option keys bound to this node's serial and install them (K1, K4)."""
-        self.meter_cli("keys", "issuer-init")
+        # `meter init` created the lab issuer key this node trusts.
         for index, (option, quantity) in enumerate(quantities.items(), start=1):
             key = self.meter_cli("keys", "issue", "--option", option, "--quantity", str(quantity)).strip().split()[-1]
             self.meter_cli("xconfiguration", "option", str(index), "key", key)
 
-    def start(self) -> "MeterProcess":
+    def start(self, *, nofile: int | None = None) -> "MeterProcess":
+        """``nofile``: the node's RLIMIT_NOFILE, soft and hard (a systemd LimitNOFILE=)."""
         self.log = open(self.log_path, "w")
+        limit = None if nofile is None else (lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile)))
         self.proc = subprocess.Popen([sys.executable, "-m", "meter", "run", "--config", str(self.config)],
-                                     stdout=self.log, stderr=subprocess.STDOUT, cwd=self.workdir)
+                                     stdout=self.log, stderr=subprocess.STDOUT, cwd=self.workdir, preexec_fn=limit)
         wait_until(lambda: self.proc.poll() is None and http_get(self.url("/healthz")) == b"ok\n", 30,
                    f"meter to start (log: {self.log_tail()})")
         return self
@@ -130,7 +134,16 @@ class MeterProcess:
         return f"http://127.0.0.1:{self.admin_port}{path}"
 
     def api(self, resource: str):
-        return json.loads(http_get(self.url(f"/api/{resource}")))
+        """The resource's JSON; a paged listing (registrations, calls) as the list of every page's items."""
+        doc = json.loads(http_get(self.url(f"/api/{resource}")))
+        if not (isinstance(doc, dict) and "items" in doc and "next" in doc):
+            return doc
+        items = doc["items"]
+        while doc["next"]:
+            after = urllib.parse.quote(doc["next"], safe="")
+            doc = json.loads(http_get(self.url(f"/api/{resource}{'&' if '?' in resource else '?'}after={after}")))
+            items += doc["items"]
+        return items
 
     def metrics_text(self) -> str:
         return http_get(self.url("/metrics")).decode()

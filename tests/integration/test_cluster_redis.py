@@ -26,6 +26,7 @@ from meter.licensing.calls import CallFacts, classify_call
 from meter.licensing.ledger import Ledger
 from meter.licensing.model import License
 from meter.licensing.pool import GRACE_SECONDS, PEER_TIMEOUT_SECONDS
+from meter.store.licensing import LicensingStore
 from tests.integration.peers import stop_process
 
 pytestmark = pytest.mark.integration
@@ -214,8 +215,9 @@ def test_the_sync_loop_carries_usage_between_nodes_by_itself(redis_server):
 
 
 def test_redis_going_away_leaves_the_node_working_and_it_reconnects(tmp_path):
-    """Store unreachable: the node charges against its cache, the error is shown; when redis-server
-    is back (empty: no persistence) the next sync republishes and the peers meet again."""
+    """Store unreachable: the node charges against its cache within its share (P1: half of the 600
+    free with two live peers at the last sync), the error is shown; when redis-server is back
+    (empty: no persistence) the next sync republishes and the peers meet again."""
     server = RedisServer(tmp_path).start()
     try:
         a, sa = peer("peer-a", server, "outage", 300)
@@ -228,11 +230,13 @@ def test_redis_going_away_leaves_the_node_working_and_it_reconnects(tmp_path):
             assert not await sa.sync_once()
             status = sa.status()
             assert not status.connected and "ConnectionError" in status.last_error and status.failures_total >= 1
-            assert all(a.charge_call(f"a{i}", VIDEO, 2.0).ok for i in range(400))  # 600 still cached
+            assert all(a.charge_call(f"a{i}", VIDEO, 2.0).ok for i in range(300))  # 600 cached, its share
+            assert a.charge_call("a300", VIDEO, 2.0).reason == "rms_exhausted"
             server.start()  # same port, empty store
             assert await sa.sync_once() and sa.status().connected
             assert await sb.sync_once()  # its connection went stale with the old server: reconnects
-            assert rms(b, 2.0).in_use_cluster == 400 and rms(b, 2.0).capacity == 600
+            assert rms(b, 2.0).in_use_cluster == 300 and rms(b, 2.0).capacity == 600
+            assert a.pool.outage() is None and a.charge_call("a300", VIDEO, 2.0).ok  # the whole pool again
             await sa.close()
             await sb.close()
 
@@ -254,3 +258,68 @@ def test_keys_carry_the_cluster_prefix_and_a_ttl_longer_than_the_grace(redis_ser
     assert sorted(client.scan_iter("ttl:*")) == ["ttl:peer:peer-a", "ttl:peers"]
     assert GRACE_SECONDS < client.ttl("ttl:peer:peer-a") <= PEER_KEY_TTL_SECONDS
     assert client.smembers("ttl:peers") == {"peer-a"}
+
+
+def test_p2_a_lost_peers_14_days_survive_a_redis_restart_and_a_node_restart(tmp_path):
+    """P2 (issue 10): peer-b (5 RMS) is lost; peer-a (25 RMS) keeps the instant and the licenses in
+    its own SQLite state. redis-server restarts empty: peer-a republishes peer-b's record, so it keeps
+    30 and a peer-c that joins now counts 30 too. peer-a restarts on day 13 on a store restarted
+    empty again: still 30, still the P2 alarm. peer-b comes back: it is forgotten."""
+    server = RedisServer(tmp_path / "redis").start()
+    store = LicensingStore(tmp_path / "state-a")
+
+    def node(name: str, rms_: int, now: float, lost_store=None):
+        pool = RedisPool()
+        led = Ledger(name, "E", LARGE, pool=pool, now=now)
+        led.set_licenses({License.RMS: rms_}, now)
+        return led, PoolSync(pool, server.url, name, 1.0, cluster="grace", lost_store=lost_store)
+
+    lost = 1.0 + PEER_TIMEOUT_SECONDS + 1
+    day13 = 1.0 + 13 * DAY
+    try:
+        async def before_restart():
+            a, sa = node("peer-a", 25, 1.0, store)
+            b, sb = node("peer-b", 5, 1.0)
+            await sa.start()
+            assert await sb.sync_once() and await sa.sync_once()
+            assert rms(a, 1.0).capacity == 30
+            await sb.close()          # peer-b stops for good (its record stays in Redis)
+            a.tick(lost)
+            assert await sa.sync_once()
+            assert a.alarms.is_active("peer-lost-peer-b")
+            assert [r.name for r in store.lost_peers("grace")] == ["peer-b"]
+            server.stop()
+            server.start()            # same port, no persistence: every record is gone
+            assert await sa.sync_once()
+            assert server.client().hgetall("grace:peer:peer-b")["lic.rms"] == "5"  # republished
+            assert rms(a, lost).capacity == 30
+            c, sc = node("peer-c", 0, lost)
+            assert await sc.sync_once()
+            assert rms(c, lost).capacity == 30
+            await sa.close()
+            await sc.close()
+
+        run(before_restart())
+        server.stop()
+        server.start()                # empty again, and peer-a restarts on day 13
+
+        async def after_restart():
+            a, sa = node("peer-a", 25, day13, store)
+            await sa.start()
+            a.tick(day13)
+            assert rms(a, day13).capacity == 30
+            alarm = {x.id: x for x in a.alarms.active()}["peer-lost-peer-b"]
+            assert f"{1.0 + GRACE_SECONDS:.0f}" in alarm.reason  # the promise is the one kept
+            assert server.client().hgetall("grace:peer:peer-b")["lic.rms"] == "5"
+            b, sb = node("peer-b", 5, day13)  # peer-b comes back
+            assert await sb.sync_once() and await sa.sync_once()
+            a.tick(day13 + 1)
+            assert await sa.sync_once()
+            assert not a.alarms.is_active("peer-lost-peer-b") and store.lost_peers("grace") == []
+            await sa.close()
+            await sb.close()
+
+        run(after_restart())
+    finally:
+        store.close()
+        server.stop()

@@ -94,6 +94,23 @@ def lab(tmp_path, request):
     assert rc == 0, f"node exited with {rc}: {node.log_tail()}"
 
 
+def _register_from(port: int, user: str, proxy: int, expires: int) -> int:
+    """REGISTER (or unregister) sip:<user>@127.0.0.1 through the node from 127.0.0.1:<port>, the
+    address a baresip phone will use; returns the final status."""
+    from tests.sipclient import Phone
+
+    phone = Phone(user, "127.0.0.1", port, domain="127.0.0.1")
+    req = phone.register(expires, call_id=f"pre-{user}@127.0.0.1", cseq=1 if expires else 2)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", port))
+        s.settimeout(10)
+        s.sendto(req.to_bytes(), ("127.0.0.1", proxy))
+        while True:
+            status = int(s.recv(65535).split(b" ", 2)[1])
+            if status >= 200:
+                return status
+
+
 def _the_call(node, caller: str) -> dict | None:
     calls = [c for c in node.api("calls") if c["caller"] == f"sip:{caller}@127.0.0.1"]
     return calls[0] if calls and calls[0]["state"] == "confirmed" else None
@@ -170,7 +187,12 @@ def test_baresip_phones_through_the_node_inline_to_kamailio(kamailio, tmp_path):
                    "the node to learn bob's binding from Kamailio's 200 OK")
         assert node.api("registrations")[0]["license"] == "room"
 
-        carol = Baresip(tmp_path, "bs-inline-carol", node.sip_port).start(8, "/dial sip:bs-inline-bob@127.0.0.1")
+        # baresip dials at start-up, racing its own REGISTER through Kamailio; a caller counts as
+        # registered only over a flow the upstream has confirmed (RFC 5626 style), so carol's port
+        # is registered beforehand, as a phone that booted earlier would be.
+        carol = Baresip(tmp_path, "bs-inline-carol", node.sip_port)
+        assert _register_from(carol.port, "bs-inline-carol", node.sip_port, 120) == 200
+        carol.start(8, "/dial sip:bs-inline-bob@127.0.0.1")
         phones.append(carol)
         wait_until(lambda: "bs-inline-carol" in " ".join(kamailio.contacts()), 10, "carol's binding in Kamailio")
         wait_until(lambda: _the_call(node, "bs-inline-carol") is not None, 15,
@@ -179,6 +201,8 @@ def test_baresip_phones_through_the_node_inline_to_kamailio(kamailio, tmp_path):
         assert call["callee"] == "sip:bs-inline-bob@127.0.0.1" and call["units"] == 0 and "C1" in call["rules"]
         wait_until(lambda: "Call established" in carol.log_text(), 5, "carol to see the call established")
         wait_until(lambda: node.api("calls") == [], 20, "the call released after carol's BYE")
+        wait_until(lambda: carol.proc.poll() is not None, 20, "carol to quit")
+        assert _register_from(carol.port, "bs-inline-carol", node.sip_port, 0) == 200
         # carol quits: her Expires 0 goes through the node to Kamailio, and her license is released.
         wait_until(lambda: "bs-inline-carol" not in " ".join(kamailio.contacts()), 10, "carol gone from Kamailio")
         wait_until(lambda: len(node.api("registrations")) == 1, 10, "carol's license released")

@@ -6,7 +6,7 @@ import io
 import pytest
 
 from meter.admin.licensing_cli import add_commands, parse_expiry
-from meter.store.licensing import LicensingStore
+from meter.store.licensing import LicensingStore, init_state
 
 
 def main(argv: list[str]) -> int:
@@ -19,6 +19,7 @@ def main(argv: list[str]) -> int:
 @pytest.fixture
 def state(tmp_path, monkeypatch):
     monkeypatch.setenv("METER_STATE_DIR", str(tmp_path / "state"))
+    init_state(tmp_path / "state")  # `meter init`: the node's serial and the lab issuer key it trusts
     return tmp_path / "state"
 
 
@@ -36,7 +37,9 @@ def issue(capsys, *argv):
 
 def test_issue_install_and_list_keys_k4_k6(state, capsys):
     """K4, K6: keys issued by the lab issuer are set by index and listed with their validity."""
-    rc, out, _ = run(capsys, "keys", "issuer-init")
+    rc, _, err = run(capsys, "keys", "issuer-init")  # `meter init` made it: never replaced by accident
+    assert rc == 1 and "exists" in err
+    rc, out, _ = run(capsys, "keys", "issuer-init", "--state-dir", str(state.parent / "lab"))
     assert rc == 0 and "fingerprint" in out
     rms = issue(capsys, "--option", "rms", "--quantity", "100")
     demo = issue(capsys, "--option", "HSM", "--expires", "30d")
@@ -146,6 +149,16 @@ def test_trust_another_issuer(state, capsys, tmp_path):
     assert run(capsys, "xconfiguration", "option", "1", "key", text)[0] == 1
     assert run(capsys, "keys", "trust", str(lab / "issuer-ed25519.pem.pub"))[0] == 0
     assert run(capsys, "xconfiguration", "option", "1", "key", text)[0] == 0
+
+
+def test_node_commands_refuse_a_state_without_an_identity(tmp_path, capsys):
+    """Identity never made up on the way: xstatus, xconfiguration, licenses, mode and issuing for
+    "this node" on an uninitialised (or emptied) state directory fail, naming the file and `meter init`."""
+    empty = tmp_path / "empty"
+    for argv in (["xstatus", "options"], ["licenses"], ["mode"], ["keys", "issue", "--option", "RMS"]):
+        rc, _, err = run(capsys, *argv, "--state-dir", str(empty))
+        assert rc == 1 and "licensing.sqlite" in err and "meter init" in err, argv
+    assert not (empty / "licensing.sqlite").exists()
 
 
 def test_expiry_forms():

@@ -137,7 +137,8 @@ def test_p1_p5_two_nodes_through_the_fake_store_pool_600_and_share_usage():
 
 
 def test_store_down_node_keeps_working_on_its_cache_logs_once_and_recovers(caplog):
-    """Redis unreachable: no exception reaches the node, charges go on against the cached pool,
+    """Redis unreachable: no exception reaches the node, charges go on against the cached pool
+    within this node's share of it (P1: peer-b was live at the last sync, so 300 of the 600 free),
     the error is logged and shown, and the next sync after the store returns catches up."""
     redis = FakeRedis()
     a, sa = node("peer-a", redis, 300)
@@ -155,14 +156,15 @@ def test_store_down_node_keeps_working_on_its_cache_logs_once_and_recovers(caplo
         assert len(warnings) == 1 and "Connection refused" in warnings[0].facts["error"]
         status = sa.status()
         assert not status.connected and "ConnectionError" in status.last_error and status.failures_total == 5
-        assert all(a.charge_call(f"a{i}", VIDEO, 2.0).ok for i in range(500))  # 600 RMS cached, 500 calls (P3)
+        assert all(a.charge_call(f"a{i}", VIDEO, 2.0).ok for i in range(300))  # 600 RMS cached, half its share
+        assert a.charge_call("a-301", VIDEO, 2.0).reason == "rms_exhausted"
         assert a.snapshot(2.0).licenses[License.RMS].capacity == 600
         redis.down = False
         with caplog.at_level(logging.INFO, logger="meter.cluster"):
             assert await sa.sync_once()
         assert any(r.getMessage() == "cluster.store_reachable" for r in caplog.records)
         assert sa.status().connected and sa.status().last_error == ""
-        assert redis.hashes["lab:peer:peer-a"]["use.rms"] == "1000"  # caught up: 500 video calls, half units
+        assert redis.hashes["lab:peer:peer-a"]["use.rms"] == "600"  # caught up: 300 video calls, half units
 
     run(scenario())
 

@@ -56,9 +56,14 @@ def register(policy, user, ua, *, expires=600, mode="standalone"):
     return verdict
 
 
-def invite(policy, call_id, callee_uri, *, caller="alice", registered=False, source=PHONE):
-    return policy.on_invite(CallInfo(call_id, f"sip:{caller}@lab.test", callee_uri.split(";")[0], callee_uri,
-                                     source, registered, False, VIDEO, "test"))
+def invite(policy, call_id, callee_uri, *, caller="alice", registered=False, source=PHONE, over_flow=None):
+    """``over_flow``: the SIP side's finding that the INVITE came over the caller's registered flow;
+    by default, as it would be for a registered caller calling from its own address."""
+    from_aor = f"sip:{caller}@lab.test"
+    if over_flow is None:
+        over_flow = ("sip", from_aor) in policy.m.registrations
+    return policy.on_invite(CallInfo(call_id, from_aor, callee_uri.split(";")[0], callee_uri,
+                                     source, registered, False, VIDEO, "test", over_flow))
 
 
 def complete(policy, call_id, answer):

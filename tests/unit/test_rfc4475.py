@@ -167,7 +167,7 @@ EXPECT: dict[str, tuple[str, int | None, str, str, object]] = {
     "insuf": ("reject", 400, "3.3.1", "missing Call-ID, From, To: 400", None),
     "unkscm": ("reject", 416, "3.3.2", "Request-URI with unknown scheme: 416", None),
     "novelsc": ("reject", 416, "3.3.3", "known but atypical scheme (soap.beep) we do not serve: 416", None),
-    "unksm2": ("semantic", None, "3.3.4", "unknown schemes in header fields are fine", _unksm2),
+    "unksm2": ("semantic", None, "3.3.4", "unknown schemes parse; the registrar answers 400 (To not SIP)", _unksm2),
     "bext01": ("semantic", None, "3.3.5", "unknown Proxy-Require/Require: node answers 420", _bext01),
     "invut": ("semantic", None, "3.3.6", "unknown Content-Type: UAS answers 415", _invut),
     "regaut01": ("semantic", None, "3.3.7", "unknown authorization scheme: 401", _regaut01),
@@ -281,3 +281,15 @@ def test_scalar02_values_each_rejected_alone():
     ok = sip.parse(base.replace(b"Expires: 1" + b"0" * 100, b"Expires: 3600"))
     # the contact's expires parameter is out of range too: clamped as the RFC allows
     assert ok.contacts[0].expires == 2**32 - 1
+
+
+def test_unksm2_register_with_a_non_sip_to_gets_400_from_the_registrar():
+    """RFC 4475 §3.3.4 unksm2 / RFC 3261 §10.3 steps 3-4: the To of a REGISTER is the AOR, which must be
+    a SIP or SIPS URI; the node answers 400 with a reason and charges nothing."""
+    from tests.sipclient import CoreLab
+
+    lab = CoreLab()
+    lab.feed(_load("unksm2"), lab.alice)
+    resp, _ = lab.net.only()
+    assert resp.status == 400 and "To is not a SIP or SIPS URI" in resp.reason
+    assert lab.policy.log == [] and lab.core.binding_views() == []

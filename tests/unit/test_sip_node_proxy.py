@@ -596,3 +596,13 @@ def test_a_dropped_header_line_takes_its_continuation_lines_with_it():
     resp, _ = lab.net.only()
     assert resp.status == 400 and "malformed header name" in resp.reason
     assert b"still broken" not in resp.to_bytes()
+
+
+def test_too_many_header_lines_get_the_documented_400():
+    """[sip] max_headers: a request with more header lines is answered 400 (config/meter.toml), not dropped."""
+    lab = Lab(max_headers=16)
+    req = lab.alice.register(600, headers=[(f"X-Pad-{i}", "1") for i in range(20)])
+    lab.feed(req, lab.alice)
+    resp, _ = lab.net.only()
+    assert resp.status == 400 and "too many header fields" in resp.reason
+    assert resp.call_id == req.call_id and lab.policy.log == []
