@@ -21,11 +21,10 @@ from __future__ import annotations
 import functools
 import itertools
 import logging
-from dataclasses import dataclass, field
 from typing import Callable
 
 from meter.codecs.sip import (
-    DEFAULT_LIMITS, Limits, Request, Response, SIPError, Via, make_response, new_tag, parse, unsupported,
+    DEFAULT_LIMITS, Limits, Request, Response, SIPError, make_response, new_tag, parse, unsupported,
 )
 from meter.hooks import HookCaller
 from meter.logs import log_event
@@ -35,14 +34,16 @@ from meter.sip.clock import Clock
 from meter.sip.counters import SipCounters, method_label
 from meter.sip.dialogs import DialogTable
 from meter.sip.hooks import NoMetering, SipHooks, Verdict
-from meter.sip.limits import FIRST, LIMITED, PASS, LimitSettings, SourceLimiter
+from meter.sip.limits import LIMITED, PASS, LimitSettings, SourceLimiter
 from meter.sip.location import LocationService
 from meter.sip.outcome import NO_OUTCOME, Outcome
+from meter.sip.proxy_context import ProxyContext
 from meter.sip.peer import Peer
 from meter.sip.registrar import Registrar
 from meter.sip.router import Router, Target
 from meter.sip.routing import (
-    Advertised, LocalAddresses, loop_hash, looped, make_branch, over_flow, stateless_branch, via_peer,
+    Advertised, LocalAddresses, loop_hash, looped, make_branch, response_peer, stamp_received, stateless_branch,
+    via_peer,
 )
 from meter.sip.settings import SipSettings
 from meter.sip.transaction import (
@@ -60,23 +61,6 @@ PROXY_SUPPORTED = ("timer",)
 # RFC 3261 §16.6 step 4: Record-Route on requests that can create a dialog, so that every
 # in-dialog request passes the node.
 DIALOG_CREATING = frozenset({"INVITE", "SUBSCRIBE", "REFER", "NOTIFY"})
-
-
-@dataclass(slots=True)
-class ProxyContext:
-    """RFC 3261 §16: one server transaction, its branches, the best final answer so far, and the
-    outcome to tell how it ended."""
-
-    server: ServerTransaction
-    method: str
-    outcome: Outcome = NO_OUTCOME
-    branches: list = field(default_factory=list)
-    finals: dict = field(default_factory=dict)  # branch key -> final status (or the local 408/487)
-    best: Response | None = None
-    best_cause: str = ""
-    final_sent: bool = False
-    cancelled: bool = False
-    timer_c: set = field(default_factory=set)  # branches Timer C cancelled (RFC 3261 §16.8)
 
 
 def _guarded(fn):
@@ -100,11 +84,6 @@ def _maybe_ack(req: Request) -> bool:
         return True
     cseq = req.header("cseq") or ""
     return cseq.rstrip().upper().endswith(" ACK")
-
-
-def _rank(status: int) -> tuple[int, int]:
-    """RFC 3261 §16.7 step 6: any 6xx first, else the lowest class (3xx before 4xx before 5xx)."""
-    return (0, status) if status >= 600 else (status // 100, status)
 
 
 class SipCore:
@@ -272,31 +251,10 @@ class SipCore:
         self._send(data, source)  # the Via may be what is broken: answer where it came from
 
     def _limited(self, msg: Request | Response | None, source: Peer, verdict: int, reason: str) -> None:
-        """Above a per-source limit (meter.sip.limits): dropped, or answered 503 with Retry-After
-        (RFC 3261 §21.5.4); the first of each window is logged with its User-Agent."""
-        s = self.source_limits.settings
-        action = s.rate_action if reason == "rate" else s.registrations_action
-        if verdict == FIRST:
-            try:
-                ua = (msg.user_agent or "") if isinstance(msg, Request) else ""
-            except SIPError:
-                ua = ""
-            self.source_limits.report(source.host, reason, ua, action)
-        if action == "503" and isinstance(msg, Request) and not _maybe_ack(msg):
-            what = "requests" if reason == "rate" else "registrations"
-            self._answer_stateless(msg, source, 503, f"Service Unavailable - too many {what} from this address",
-                                   headers=[("Retry-After", str(s.retry_after))])
-
-    def _over_registrations(self, req: Request, source: Peer) -> bool:
-        """[limits] registrations: a REGISTER that would bind one AOR more than the cap from its source
-        address is limited before any transaction, so it costs no state (a refresh always passes)."""
-        if self.source_limits is None or req.is_star_contact or req.to.uri.scheme not in ("sip", "sips"):
-            return False
-        verdict = self.source_limits.check_registration(req.to.uri.aor, source.host, self.clock.time())
-        if verdict == PASS:
-            return False
-        self._limited(req, source, verdict, "registrations")
-        return True
+        """Above a per-source limit (meter.sip.limits): dropped, or answered 503 with Retry-After."""
+        answer = self.source_limits.refusal(msg, source.host, verdict, reason)
+        if answer is not None and isinstance(msg, Request) and not _maybe_ack(msg):
+            self._answer_stateless(msg, source, *answer)
 
     # -- requests ------------------------------------------------------------------------------------
 
@@ -317,10 +275,14 @@ class SipCore:
             self.counters.retransmissions_absorbed += 1
             txn.receive_request(req)
             return
-        if req.method == "REGISTER" and self._over_registrations(req, source):
-            return
-        peer = self._response_peer(req.top_via, source)
-        self._stamp_via(req, source)
+        if req.method == "REGISTER" and self.source_limits is not None:
+            # [limits] registrations: before any transaction, so a refused REGISTER costs no state.
+            verdict = self.source_limits.over_registrations(req, source.host, self.clock.time())
+            if verdict != PASS:
+                self._limited(req, source, verdict, "registrations")
+                return
+        peer = response_peer(req.top_via, source)
+        stamp_received(req, source)
         if req.method == "CANCEL":
             self._on_cancel(req, peer, key)
             return
@@ -339,28 +301,6 @@ class SipCore:
         """A final answer unless one went out already: no server transaction is left unanswered."""
         if not txn.final_sent and not (txn.context is not None and txn.context.branches):
             self._reply(txn, status, reason)
-
-    def _stamp_via(self, req: Request, source: Peer) -> None:
-        """RFC 3261 §18.2.1 received, RFC 3581 §4 rport: record where the request really came from."""
-        via = req.top_via
-        add_received = via.host.strip("[]") != source.host
-        if not (add_received or via.has_rport):
-            return
-        params = dict(via.params)
-        params["received"] = source.host
-        if via.has_rport:
-            params["rport"] = str(source.port)
-        req.pop_via()
-        req.push_via(str(Via(via.protocol, via.transport, via.host, via.port, params)))
-
-    @staticmethod
-    def _response_peer(via: Via, source: Peer) -> Peer:
-        """RFC 3261 §18.2.2: over a connection, the connection the request came on (or, if it is
-        gone, a new one to received and the Via port); over UDP, the source address (= received)
-        and the Via port, or the source port when rport asks for it (RFC 3581)."""
-        if source.transport == "udp" and via.has_rport:
-            return source
-        return over_flow(Peer(source.transport, source.host, via.port or 5060), source)
 
     def _process(self, txn: ServerTransaction, req: Request, source: Peer) -> None:
         method = req.method
@@ -501,7 +441,7 @@ class SipCore:
                 ctx.final_sent = True
                 self._cancel_others(ctx, client)  # §16.7 step 10
             return
-        if ctx.best is None or _rank(status) < _rank(ctx.best.status):
+        if ctx.better(status):
             # RFC 3261 §16.8: the answer to a CANCEL Timer C sent is still a timeout for the call.
             ctx.best, ctx.best_cause = resp, "timeout" if client.key in ctx.timer_c else f"rejected {status}"
         if status >= 600:
@@ -539,7 +479,7 @@ class SipCore:
         ctx.outcome.gave_up()  # no final from downstream: the callee may still answer
         if ctx.final_sent:  # another branch already answered the caller
             return
-        if ctx.best is None or _rank(status) < _rank(ctx.best.status):
+        if ctx.better(status):
             ctx.best = make_response(ctx.server.request, status, reason, to_tag=new_tag(),
                                      headers=[("Server", self.settings.user_agent)])
             ctx.best_cause = cause
@@ -663,11 +603,3 @@ class SipCore:
         except Exception:
             self.counters.send_errors += 1
             log.exception("sip.send_error", extra={"facts": {"peer": str(peer)}})
-
-    # -- views for the CLI and the API ------------------------------------------------------------------
-
-    def binding_views(self) -> list[dict]:
-        return self.registrar.views()
-
-    def call_views(self) -> list[dict]:
-        return self.calls.views()

@@ -26,6 +26,7 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Literal
 
+from meter.codecs.sip import Request, SIPError
 from meter.logs import log_event
 
 log = logging.getLogger("meter.sip.limits")
@@ -156,6 +157,28 @@ class SourceLimiter:
             return LIMITED
         setattr(source, field, source.bucket)
         return FIRST
+
+    def refusal(self, msg, host: str, verdict: int, reason: str) -> tuple[int, str, tuple] | None:
+        """A request above a limit: the window's log line on its FIRST, then the stateless answer to
+        send (503 with Retry-After, RFC 3261 §21.5.4) or None to drop it."""
+        s = self.settings
+        action = s.rate_action if reason == "rate" else s.registrations_action
+        if verdict == FIRST:
+            try:
+                user_agent = (msg.user_agent or "") if isinstance(msg, Request) else ""
+            except SIPError:
+                user_agent = ""
+            self.report(host, reason, user_agent, action)
+        if action != "503":
+            return None
+        what = "requests" if reason == "rate" else "registrations"
+        return 503, f"Service Unavailable - too many {what} from this address", (("Retry-After", str(s.retry_after)),)
+
+    def over_registrations(self, req: Request, host: str, now: float) -> int:
+        """A REGISTER from ``host``: PASS, or the verdict when it would bind one AOR more than the cap."""
+        if req.is_star_contact or req.to.uri.scheme not in ("sip", "sips"):
+            return PASS
+        return self.check_registration(req.to.uri.aor, host, now)
 
     def report(self, host: str, reason: str, user_agent: str, action: str) -> None:
         """The window's one log line for a limited source (a FIRST), with the first limited

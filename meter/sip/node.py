@@ -127,10 +127,10 @@ class SipNode:
     # -- read-only views for the CLI and the API ----------------------------------------------------------
 
     def bindings(self) -> list[dict]:
-        return self.core.binding_views() if self.core else []
+        return self.core.registrar.views() if self.core else []
 
     def calls(self) -> list[dict]:
-        return self.core.call_views() if self.core else []
+        return self.core.calls.views() if self.core else []
 
     dialogs = calls
 

@@ -58,6 +58,28 @@ def over_flow(peer: Peer, flow: Peer | None) -> Peer:
     return Peer(peer.transport, peer.host, peer.port, flow.conn)
 
 
+def stamp_received(req: Request, source: Peer) -> None:
+    """RFC 3261 §18.2.1 received, RFC 3581 §4 rport: record where the request really came from."""
+    via = req.top_via
+    if via.host.strip("[]") == source.host and not via.has_rport:
+        return
+    params = dict(via.params)
+    params["received"] = source.host
+    if via.has_rport:
+        params["rport"] = str(source.port)
+    req.pop_via()
+    req.push_via(str(Via(via.protocol, via.transport, via.host, via.port, params)))
+
+
+def response_peer(via: Via, source: Peer) -> Peer:
+    """RFC 3261 §18.2.2: over a connection, the connection the request came on (or, if it is
+    gone, a new one to received and the Via port); over UDP, the source address (= received)
+    and the Via port, or the source port when rport asks for it (RFC 3581)."""
+    if source.transport == "udp" and via.has_rport:
+        return source
+    return over_flow(Peer(source.transport, source.host, via.port or 5060), source)
+
+
 def via_peer(via: Via) -> Peer:
     """Where a response goes when its server transaction is gone (RFC 3261 §18.2.2, RFC 3581 §4):
     received/rport, else sent-by."""

@@ -35,11 +35,11 @@ def test_2xx_never_acked_ends_the_call_after_64_t1_with_a_bye_each_way_rfc3261_1
     lab = CoreLab()
     invite, _ = answered(lab)
     lab.clock.advance(ACK_WAIT - 0.1)
-    assert ended(lab) == [] and lab.core.call_views()[0]["state"] == "answered"
+    assert ended(lab) == [] and lab.core.calls.views()[0]["state"] == "answered"
     lab.net.take()  # bob's 2xx retransmissions are bob's business (he has no ACK either)
     lab.clock.advance(0.2)
     assert ended(lab) == [("ended", invite.call_id, "no ACK")]
-    assert lab.core.call_views() == []
+    assert lab.core.calls.views() == []
     byes = {p.address: m for m, p in lab.net.take() if isinstance(m, Request)}
     assert set(byes) == {("10.0.0.2", 5062), ("10.0.0.3", 5064)}
     assert all(m.method == "BYE" and "No ACK" in m.header("reason") for m in byes.values())
@@ -56,7 +56,7 @@ def test_the_ack_cancels_the_wait():
     lab.clock.advance(ACK_WAIT / 2)
     lab.ack(invite, ok)
     lab.clock.advance(10 * ACK_WAIT)
-    assert ended(lab) == [] and lab.core.call_views()[0]["state"] == "confirmed"
+    assert ended(lab) == [] and lab.core.calls.views()[0]["state"] == "confirmed"
     assert lab.core.dialogs.find(invite.call_id, lab.alice.tag).ack_timer is None
 
 
@@ -70,7 +70,7 @@ def test_a_late_answer_left_unacked_is_released_the_same_way():
     lab.net.take()
     lab.feed(lab.bob.answer(at_bob, 200, to_tag="bt", body=LAB_ANSWER), lab.bob)
     assert lab.take_one(lab.alice).status == 200
-    assert lab.core.call_views()[0]["state"] == "answered"
+    assert lab.core.calls.views()[0]["state"] == "answered"
     lab.clock.advance(ACK_WAIT + 0.1)
     assert ended(lab) == [("ended", invite.call_id, "timeout"), ("ended", invite.call_id, "no ACK")]
     lab.policy.assert_every_allowed_call_ended_once()

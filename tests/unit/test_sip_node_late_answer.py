@@ -56,12 +56,12 @@ def test_late_2xx_after_timer_b_reopens_the_call_with_the_same_callinfo():
     assert fwd.status == 200 and len(fwd.vias) == 1 and fwd.body == LAB_ANSWER
     infos = lab.policy.infos
     assert len(infos) == 2 and infos[1] is infos[0]  # asked again, about the same call
-    assert lab.core.call_views()[0]["state"] == "answered" and lab.core.counters.late_answers == 1
+    assert lab.core.calls.views()[0]["state"] == "answered" and lab.core.counters.late_answers == 1
     lab.feed(ok, lab.bob)  # bob retransmits his 2xx until the ACK: forwarded, not asked about again
     assert lab.take_one(lab.alice).status == 200 and len(infos) == 2
     lab.ack(invite, fwd)
     assert [m.method for m in lab.sent_to(lab.bob.peer)] == ["ACK"]
-    assert lab.core.call_views()[0]["state"] == "confirmed"
+    assert lab.core.calls.views()[0]["state"] == "confirmed"
     bye = lab.alice.request("BYE", "sip:bob@10.0.0.3:5064", to="sip:bob@lab.test", to_tag="bt",
                             call_id=invite.call_id, headers=[("Route", LAB_RR)])
     lab.feed(bye, lab.alice)
@@ -70,7 +70,7 @@ def test_late_2xx_after_timer_b_reopens_the_call_with_the_same_callinfo():
     kinds = [e[0] + (f" {e[2]}" if e[0] == "ended" else "") for e in lab.policy.log if e[1] == invite.call_id]
     assert kinds == ["invite", "ended timeout", "invite", "answered", "confirmed", "ended bye"]
     lab.policy.assert_every_allowed_call_ended_once()
-    assert lab.core.call_views() == []
+    assert lab.core.calls.views() == []
 
 
 def test_late_2xx_refused_on_second_ask_is_forwarded_then_byed_both_ways():
@@ -86,7 +86,7 @@ def test_late_2xx_refused_on_second_ask_is_forwarded_then_byed_both_ways():
     assert (to_bob.from_.tag, to_bob.to.tag, to_bob.cseq.number) == (lab.alice.tag, "bt", invite.cseq.number + 1)
     assert (to_alice.from_.tag, to_alice.to.tag, to_alice.uri) == ("bt", lab.alice.tag, "sip:alice@10.0.0.2:5062")
     assert to_bob.header("reason") == 'SIP;cause=503;text="Service Unavailable"'
-    assert lab.core.call_views() == [] and lab.policy.events("answered") == []
+    assert lab.core.calls.views() == [] and lab.policy.events("answered") == []
     assert lab.policy.events("ended") == [("ended", invite.call_id, "timeout")]  # nothing new was allowed
     lab.feed(ok, lab.bob)  # a retransmission: forwarded only, no third ask, no more BYEs
     assert what(lab.net.take()) == [(200, ALICE)] and len(lab.policy.infos) == 2
@@ -108,7 +108,7 @@ def test_2xx_crossing_an_unanswered_cancel_reopens_the_call():
     assert lab.policy.events("ended") == [("ended", invite.call_id, "cancelled")]
     lab.feed(lab.bob.answer(at_bob, 200, to_tag="bt", body=LAB_ANSWER), lab.bob)  # it had answered after all
     assert what(lab.net.take()) == [(200, ALICE)]
-    assert len(lab.policy.infos) == 2 and lab.core.call_views()[0]["state"] == "answered"
+    assert len(lab.policy.infos) == 2 and lab.core.calls.views()[0]["state"] == "answered"
     lab.core.close()
     lab.policy.assert_every_allowed_call_ended_once()
     assert [e[2] for e in lab.policy.events("ended")] == ["cancelled", "node shutdown"]
@@ -129,7 +129,7 @@ def test_late_2xx_on_the_branch_that_timed_out_of_a_fork_reopens_the_call():
     assert lab.policy.events("ended") == [("ended", invite.call_id, "timeout")]
     lab.feed(desk.answer(forks[("10.0.0.4", 5066)], 200, to_tag="desk"), desk)
     assert what(lab.net.take()) == [(200, ALICE)]
-    assert len(lab.policy.infos) == 2 and len(lab.core.call_views()) == 1
+    assert len(lab.policy.infos) == 2 and len(lab.core.calls.views()) == 1
 
 
 def test_late_2xx_after_the_tombstone_expired_is_only_forwarded():
@@ -144,7 +144,7 @@ def test_late_2xx_after_the_tombstone_expired_is_only_forwarded():
     assert lab.core.dialogs.tombstones == 0
     lab.feed(lab.bob.answer(at_bob, 200, to_tag="bt"), lab.bob)
     assert what(lab.net.take()) == [(200, ALICE)]
-    assert len(lab.policy.infos) == 1 and lab.core.counters.late_answers == 0 and lab.core.call_views() == []
+    assert len(lab.policy.infos) == 1 and lab.core.counters.late_answers == 0 and lab.core.calls.views() == []
 
 
 def test_calls_ended_with_a_real_final_answer_leave_no_tombstone():

@@ -36,7 +36,7 @@ def test_register_200_lists_bindings_and_tells_the_policy():
     assert resp.header_values("contact") == ["<sip:alice@10.0.0.2:5062>;expires=600"]
     assert lab.policy.log == [("register", "sip:alice@lab.test", 600),
                               ("bindings", "sip:alice@lab.test", ("sip:alice@10.0.0.2:5062",))]
-    assert lab.core.binding_views()[0]["aor"] == "sip:alice@lab.test"
+    assert lab.core.registrar.views()[0]["aor"] == "sip:alice@lab.test"
 
 
 def test_register_too_brief_gets_423_min_expires_and_is_never_charged():
@@ -67,7 +67,7 @@ def test_star_unregister_and_expiry_report_empty_bindings():
     assert lab.policy.log[-1] == ("bindings", "sip:alice@lab.test", ())
     lab.clock.advance(61)
     assert lab.policy.log[-1] == ("bindings", "sip:bob@lab.test", ())
-    assert lab.core.binding_views() == []
+    assert lab.core.registrar.views() == []
 
 
 def test_register_refused_by_policy_gets_status_and_warning():
@@ -76,7 +76,7 @@ def test_register_refused_by_policy_gets_status_and_warning():
     resp, _ = lab.net.only()
     assert resp.status == 403
     assert resp.header("warning") == '399 10.0.0.1:5060 "no desktop license"'
-    assert lab.core.binding_views() == []
+    assert lab.core.registrar.views() == []
 
 
 # -- node-level answers ---------------------------------------------------------------------------------------
@@ -192,7 +192,7 @@ def test_call_setup_and_teardown_edits_only_what_a_proxy_must():
     lab.feed(lab.bob.answer(at_bob, 180, to_tag="bt"), lab.bob)
     ringing = take_one(lab, lab.alice)
     assert ringing.status == 180 and len(ringing.vias) == 1  # §16.7 step 3: our Via popped
-    assert lab.core.call_views()[0]["state"] == "early"
+    assert lab.core.calls.views()[0]["state"] == "early"
 
     lab.feed(lab.bob.answer(at_bob, 200, to_tag="bt", body=ANSWER), lab.bob)
     ok = take_one(lab, lab.alice)
@@ -203,7 +203,7 @@ def test_call_setup_and_teardown_edits_only_what_a_proxy_must():
     lab.feed(ack, lab.alice)
     fwd_ack = take_one(lab, lab.bob)
     assert fwd_ack.method == "ACK" and not fwd_ack.has_header("route") and len(fwd_ack.vias) == 2
-    assert lab.core.call_views()[0]["state"] == "confirmed"
+    assert lab.core.calls.views()[0]["state"] == "confirmed"
 
     bye = lab.bob.request("BYE", "sip:alice@10.0.0.2:5062", to="sip:alice@lab.test", to_tag=lab.alice.tag,
                           call_id=invite.call_id, headers=[("Route", RR)])
@@ -221,7 +221,7 @@ def test_call_setup_and_teardown_edits_only_what_a_proxy_must():
     assert lab.policy.events("answered") == [("answered", call_id, OFFER, ANSWER)]
     assert lab.policy.events("ended") == [("ended", call_id, "bye")]
     assert lab.policy.events("invite")[0][2] is True  # callee registered locally
-    assert lab.core.call_views() == []
+    assert lab.core.calls.views() == []
 
 
 def test_in_dialog_request_to_a_local_aor_goes_through_the_location_service():
@@ -238,7 +238,7 @@ def test_in_dialog_request_to_a_local_aor_goes_through_the_location_service():
     at_bob_bye = take_one(lab, lab.bob)
     assert at_bob_bye.method == "BYE" and at_bob_bye.uri == "sip:bob@10.0.0.3:5064"
     lab.feed(make_response(at_bob_bye, 200), lab.bob)
-    assert take_one(lab, lab.alice).status == 200 and lab.core.call_views() == []
+    assert take_one(lab, lab.alice).status == 200 and lab.core.calls.views() == []
 
 
 def test_retransmitted_invite_is_absorbed_and_answered_by_the_transaction():
@@ -275,7 +275,7 @@ def test_cancel_before_answer_ends_the_call_once():
     assert lab.net.take() == []  # RFC 3261 §17.2.1: the ACK of a non-2xx stays at this hop
     assert lab.policy.events("ended") == [("ended", invite.call_id, "cancelled")]
     lab.policy.assert_every_allowed_call_ended_once()
-    assert lab.core.call_views() == []
+    assert lab.core.calls.views() == []
 
 
 def test_cancel_before_any_provisional_waits_for_one_rfc3261_9_1():
@@ -302,7 +302,7 @@ def test_busy_callee_486_is_acked_hop_by_hop_and_relayed():
     assert ack.method == "ACK" and ack.top_via.branch == at_bob.top_via.branch and ack.to.tag == "bt"
     assert busy.status == 486 and len(busy.vias) == 1
     assert lab.policy.events("ended") == [("ended", invite.call_id, "rejected 486")]
-    assert lab.core.call_views() == []
+    assert lab.core.calls.views() == []
 
 
 def test_parallel_fork_to_two_contacts_cancels_the_loser():
@@ -337,7 +337,7 @@ def test_no_answer_from_next_hop_gives_408_and_empty_dialog_table():
     lab.clock.advance(64 * 0.5)  # Timer B
     final = [m for m, p in lab.net.take() if isinstance(m, Response)]
     assert [r.status for r in final] == [408]
-    assert lab.core.call_views() == []
+    assert lab.core.calls.views() == []
     assert lab.policy.events("ended") == [("ended", invite.call_id, "timeout")]
 
 
@@ -384,7 +384,7 @@ def test_reaper_ends_calls_older_than_max_dialog_age():
     lab.feed(lab.bob.answer(at_bob, 200, to_tag="bt", body=ANSWER), lab.bob)
     lab.clock.advance(31.0)
     assert lab.policy.events("ended") == [("ended", invite.call_id, "max dialog age")]
-    assert lab.core.call_views() == []
+    assert lab.core.calls.views() == []
 
 
 def test_every_allowed_call_ends_exactly_once_across_scenarios():
@@ -424,7 +424,7 @@ def test_inline_register_goes_upstream_with_path_and_bindings_are_learned():
     lab.feed(ok, UPSTREAM)
     relayed, peer = lab.net.only()
     assert relayed.status == 200 and peer.address == ("10.0.0.2", 5062) and len(relayed.vias) == 1
-    assert [(b["aor"], b["contact"], b["expires"]) for b in lab.core.binding_views()] == [
+    assert [(b["aor"], b["contact"], b["expires"]) for b in lab.core.registrar.views()] == [
         ("sip:alice@lab.test", "sip:alice@10.0.0.2:5062", 300)]
     assert lab.policy.log[-1] == ("bindings", "sip:alice@lab.test", ("sip:alice@10.0.0.2:5062",))
 
@@ -583,7 +583,7 @@ def test_unreachable_next_hop_counts_as_503_rfc3261_16_9():
     final = take_one(lab, lab.alice)
     assert final.status == 503 and "unreachable" in final.reason
     assert lab.policy.events("ended") == [("ended", invite.call_id, "unreachable")]
-    assert lab.core.call_views() == []
+    assert lab.core.calls.views() == []
 
 
 def test_a_dropped_header_line_takes_its_continuation_lines_with_it():

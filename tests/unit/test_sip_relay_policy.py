@@ -209,7 +209,7 @@ def test_one_real_call_is_no_licence_to_address_another_host(method):
     sent = lab.net.take()
     assert FOREIGN not in addresses(sent)
     assert [m.status for m, _ in sent] == ([] if method == "ACK" else [403])
-    assert lab.core.call_views()[0]["state"] == "confirmed"  # and the call goes on
+    assert lab.core.calls.views()[0]["state"] == "confirmed"  # and the call goes on
 
 
 def test_known_call_without_route_uses_the_node_as_outbound_proxy():

@@ -172,10 +172,10 @@ def test_unrefreshed_session_is_ended_once_with_a_bye_each_way_rfc4028_10():
     refresh(lab, invite, "INVITE", by="bob", cseq=7, answer_se="1800;refresher=uas")  # re-INVITE from the callee
     lab.net.take()  # the ACK of the re-INVITE is not needed by the node
     lab.clock.advance(1799)
-    assert ended(lab) == [] and lab.core.call_views()[0]["state"] == "confirmed"
+    assert ended(lab) == [] and lab.core.calls.views()[0]["state"] == "confirmed"
     lab.clock.advance(2)
     assert ended(lab) == [("ended", invite.call_id, "session expired")]
-    assert lab.core.call_views() == [] and lab.core.counters.sessions_expired == 1
+    assert lab.core.calls.views() == [] and lab.core.counters.sessions_expired == 1
     sent = lab.net.take()
     byes = {p.address: m for m, p in sent}
     assert set(byes) == {("10.0.0.3", 5064), ("10.0.0.2", 5062)} and all(m.method == "BYE" for m in byes.values())
@@ -218,7 +218,7 @@ def test_no_session_timer_when_neither_end_does_them():
     invite, _, ok = answered_call(lab)
     assert not ok.has_header("session-expires")
     lab.clock.advance(3 * 1800)
-    assert ended(lab) == [] and len(lab.core.call_views()) == 1
+    assert ended(lab) == [] and len(lab.core.calls.views()) == 1
     lab.clock.advance(10000)
     assert ended(lab) == [("ended", invite.call_id, "max dialog age")]
 

@@ -244,9 +244,9 @@ def test_registrations_and_a_call_are_restored_with_their_charges_after_a_crash(
     second = MeteredLab(tmp_path, down_for=30)
     assert (second.restored.registrations, second.restored.bindings, second.restored.calls) == (2, 2, 1)
     assert {lic: second.in_use(lic) for lic in ("room", "desktop", "rms")} == before
-    views = {v["aor"]: v for v in second.lab.core.binding_views()}
+    views = {v["aor"]: v for v in second.lab.core.registrar.views()}
     assert 560 <= views["sip:bob@lab.test"]["expires"] <= 571  # the remaining expiry, not a new one
-    assert [c["state"] for c in second.lab.core.call_views()] == ["confirmed"]
+    assert [c["state"] for c in second.lab.core.calls.views()] == ["confirmed"]
     assert second.metering.call_views()[0]["call_class"] == "audio_sip"  # still settled (C7)
     assert second.metering.call_views()[0]["rules"] == first.metering.call_views()[0]["rules"]
 
@@ -291,7 +291,7 @@ def test_bindings_that_expired_while_the_node_was_down_are_released_at_start(tmp
     second = MeteredLab(tmp_path, down_for=1200)
     assert (second.restored.registrations, second.restored.expired) == (1, 1)
     assert second.in_use("room") + second.in_use("desktop") == 1
-    assert [v["aor"] for v in second.lab.core.binding_views()] == ["sip:bob@lab.test"]
+    assert [v["aor"] for v in second.lab.core.registrar.views()] == ["sip:bob@lab.test"]
     assert set(second.state.store.registrations()) == {"sip:bob@lab.test"}  # alice's rows are gone
 
 
@@ -303,7 +303,7 @@ def test_unregister_and_expiry_are_written_so_a_restart_does_not_bring_them_back
     first.lab.net.take()
     first.crash()
     second = MeteredLab(tmp_path)
-    assert [v["aor"] for v in second.lab.core.binding_views()] == ["sip:bob@lab.test"]
+    assert [v["aor"] for v in second.lab.core.registrar.views()] == ["sip:bob@lab.test"]
 
 
 def test_a_graceful_stop_keeps_bindings_and_calls_for_the_next_start(tmp_path):
@@ -345,7 +345,7 @@ def test_a_restored_call_keeps_its_age_and_its_rfc4028_session_timer(tmp_path):
     second = MeteredLab(tmp_path, down_for=100)
     [call] = second.lab.core.dialogs
     assert call.session.interval == 1800 and call.session_timer is not None
-    assert 99 <= second.lab.core.call_views()[0]["age"] <= 101
+    assert 99 <= second.lab.core.calls.views()[0]["age"] <= 101
     assert second.in_use("rms") == 1
     second.lab.clock.advance(1801)
     byes = {p.address for m, p in second.lab.net.take() if getattr(m, "method", "") == "BYE"}  # and Timer E copies
