@@ -11,13 +11,12 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 from bench.devices import DEVICES
 from bench.services import REPO_DIR
 
-RFC4475_DIRS = (REPO_DIR.parent / "shared" / "rfc4475", Path("/work/shared/rfc4475"))
+RFC4475_DIRS = (REPO_DIR / "tests" / "data" / "rfc4475",)  # vendored, see its README.md
 
 
 @dataclass(frozen=True)

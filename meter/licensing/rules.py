@@ -1,4 +1,8 @@
-"""Rule IDs of ../shared/spec/licensing-rules.md that this package implements, one line each.
+"""Rule IDs of docs/licensing-rules.md that this package implements, one line each.
+
+The document is the reference: each rule's full statement, the resolutions the code takes where
+the Cisco guide is ambiguous, the module that decides it, and how to find its tests. Rules it
+marks "not implemented yet" (P6 and S1-S14, Smart Licensing) have no line here.
 
 Every licensing decision carries the IDs that made it (DESIGN.md principle 2), so logs, the API
 and tests can say *why* a call cost an RMS or a registration took a room license.
@@ -24,7 +28,7 @@ RULES: dict[str, str] = {
     "C2": "Every other call costs RMS: B2B and Jabber Guest on E, interop gateway calls on C.",
     "C3": "Where the RMS is charged, by where caller and callee are registered (the table).",
     "C4": "One RMS carries one video call or two audio-only SIP calls; other audio-only calls take a whole one.",
-    "C5": "Audio-only SIP means exactly one m= line in the negotiated SDP.",
+    "C5": "Audio-only SIP: exactly one m= line in the negotiated SDP (port 0 on either side: not negotiated).",
     "C6": "An audio-only SIP call counts as video until set-up completes.",
     "C7": "The class fixed at set-up stays until the call ends.",
     "C8": "Behind TelePresence Conductor, licenses are consumed only when Conductor is a B2BUA.",

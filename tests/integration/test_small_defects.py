@@ -13,6 +13,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -22,7 +23,7 @@ from tests.rasclient import RasClient
 
 pytestmark = pytest.mark.integration
 
-RFC4475 = "/work/shared/rfc4475"
+RFC4475 = str(Path(__file__).resolve().parents[1] / "data" / "rfc4475")
 
 
 def sipsak(*args: str) -> subprocess.CompletedProcess:

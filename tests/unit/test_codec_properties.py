@@ -20,7 +20,7 @@ from meter.codecs import sdp, sip
 
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-CORPUS = sorted(p.read_bytes() for p in pathlib.Path("/work/shared/rfc4475").glob("*.dat"))
+CORPUS = sorted(p.read_bytes() for p in (pathlib.Path(__file__).resolve().parents[1] / "data" / "rfc4475").glob("*.dat"))
 SEED_SDP = [
     b"v=0\r\no=a 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\na=sendonly\r\nm=video 0 RTP/AVP 97\r\n",
 ]
