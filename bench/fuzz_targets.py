@@ -1,6 +1,6 @@
 """Fuzz targets, one per codec entry point, shared by both engines of :mod:`bench.fuzz`.
 
-A target takes arbitrary bytes and must raise nothing but its codec's error class (DESIGN.md
+A target takes arbitrary bytes and must raise nothing but its codec's error class (docs/design.md
 principle 5: bad input gets a clear answer, never a crash). Anything else is a finding. What a
 node does with a message that parsed (read its headers, edit it, serialise it) is exercised too,
 since a crash there is as fatal as one in ``parse``.

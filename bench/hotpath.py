@@ -231,6 +231,8 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-gc", action="store_true", help="disable the cyclic garbage collector (to see its share)")
     parser.add_argument("--profile", action="store_true", help="print the top functions of one run per flow")
+    parser.add_argument("--sort", default="tottime", choices=("tottime", "cumulative"),
+                        help="--profile order: own time, or time including callees")
     parser.add_argument("--json", action="store_true", help="print {flow: [us per message, ...]} (for bench.run)")
     parser.add_argument("--gc-stats", action="store_true",
                         help="per flow: tracked objects still alive per message handled (transactions wait out "
@@ -254,7 +256,7 @@ def main(argv=None) -> int:
             uvloop.run(measure(flow, args.count))
             prof.disable()
             print(f"== {flow}")
-            pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+            pstats.Stats(prof).sort_stats(args.sort).print_stats(25)
             continue
         per_msg = per_message_us(flow, args.count, args.repeats)
         if args.json:

@@ -2,7 +2,7 @@
 
 Each component owns its settings dataclass (``meter.sip.settings.SipSettings`` ...); this module only
 maps TOML tables onto them. Anything wrong stops start-up with the file, the key and what was
-expected (DESIGN.md principle 5): ``meter.toml: [sip] port: expected an integer, got "5o60"``.
+expected (docs/design.md principle 6): ``meter.toml: [sip] port: expected an integer, got "5o60"``.
 """
 
 from __future__ import annotations

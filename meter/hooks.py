@@ -1,7 +1,7 @@
 """Calling the metering join's hooks from a protocol core, guarded.
 
 The SIP core and the RAS gatekeeper call hooks inline with message handling. Nothing a hook does
-may take the node down (DESIGN.md principle 6): an exception is logged, counted in the core's
+may take the node down (docs/design.md principle 6): an exception is logged, counted in the core's
 ``hook_errors`` counter, and a question ("may this pass?") gets the core's own refusal instead.
 One mechanism for both protocols; each core passes its logger, its counters and its refusal.
 """

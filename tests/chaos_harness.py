@@ -7,7 +7,7 @@ who stays silent, what is retransmitted, held back or delivered late, when time 
 node restarts. Nothing here opens a socket or reads the wall clock.
 
 ``World.accounting_problems()`` lists every way the ledger, the metering records and the node's
-own call and binding tables disagree (DESIGN.md principle 4); ``World.drain()`` advances time
+own call and binding tables disagree (docs/design.md principle 4); ``World.drain()`` advances time
 past every timer and lists what is still held afterwards.
 """
 

@@ -1,6 +1,6 @@
 """The Redis-shared license pool: a ``MemoryPool`` that is also a cache of the other peers.
 
-DESIGN.md "Cluster": the peers of a cluster share one license pool through Redis. The ledger calls
+docs/design.md "Cluster": the peers of a cluster share one license pool through Redis. The ledger calls
 this object exactly as it calls ``MemoryPool`` (synchronous dict work, O(peers)), so a call set-up
 never waits for the network. Only the asyncio adapter (``meter.cluster.sync.PoolSync``) talks to
 Redis: at every sync it takes this node's record (``local_record``), publishes it, reads the other

@@ -28,7 +28,7 @@ _SCHEMES = ("redis", "rediss", "unix")
 
 @dataclass(frozen=True)
 class ClusterSettings:
-    """The license pool's store (DESIGN.md "Cluster"; rules P1, P2)."""
+    """The license pool's store (docs/design.md "Cluster"; rules P1, P2)."""
 
     store: Literal["memory", "redis"] = "memory"
     """`memory` (default): this node alone holds its license pool. `redis`: the pool is shared with

@@ -1,6 +1,6 @@
 """Plain-int counters of the RAS gatekeeper; the admin layer turns a snapshot into Prometheus metrics.
 
-Label values come from small fixed sets (DESIGN.md, prometheus conventions): message kinds are
+Label values come from small fixed sets (docs/design.md, prometheus conventions): message kinds are
 H.225.0's abbreviations (``codecs.ras.SHORT_NAMES``, 33 of them), malformed datagrams count by the
 codec's error code (``RASError.code``: empty, too_large, undecodable, trailing_octets, unknown_message).
 """

@@ -1,4 +1,4 @@
-"""The RAS gatekeeper's hook contract: where it tells the metering join what happens (DESIGN.md principle 4).
+"""The RAS gatekeeper's hook contract: where it tells the metering join what happens (docs/design.md principle 4).
 
 Hooks, not policy: the gatekeeper calls a :class:`RasHooks` object at fixed points and the metering
 join (``meter.metering.h323``) plugs in there; the licensing decisions stay in the join. The

@@ -1,6 +1,6 @@
 """The licensing domain, pure: what a registration or a call costs, and whether it fits.
 
-Sans-I/O (DESIGN.md principle 1): no sockets, tasks, files or databases, no wall clock. Facts
+Sans-I/O (docs/design.md principle 1): no sockets, tasks, files or databases, no wall clock. Facts
 and ``now`` go in, decisions with their rule IDs come out, so every rule is tested exhaustively
 with plain values and the same code runs in the node, the CLI and the benchmarks. Durable state
 lives in ``meter.store``, the Redis pool store in ``meter.cluster``; they feed this package, never

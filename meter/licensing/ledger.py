@@ -1,7 +1,7 @@
 """The ledger: what one node has charged, against its pools and its physical capacity.
 
 Every charge is keyed by the call or registration it belongs to and has exactly one release
-(DESIGN.md principle 4): ``release`` is idempotent, and no count ever goes below zero. RMS is
+(docs/design.md principle 4): ``release`` is idempotent, and no count ever goes below zero. RMS is
 kept in half units so two audio-only SIP calls share one license (C4); an audio-only SIP call is
 charged as video while it is set up and settled once set-up completes (C6), after which its class
 is frozen (C7). Registered calls take no RMS but occupy the node like any other call (C1 note,
@@ -260,7 +260,7 @@ class Ledger:
         return True
 
     def release_all(self, now: float) -> int:
-        """Node shutdown: release every charge (DESIGN.md principle 4). Returns how many."""
+        """Node shutdown: release every charge (docs/design.md principle 4). Returns how many."""
         keys = list(self._entries)
         for key in keys:
             self.release(key, now)

@@ -4,7 +4,7 @@ The document is the reference: each rule's full statement, the resolutions the c
 the Cisco guide is ambiguous, the module that decides it, and how to find its tests. Rules it
 marks "not implemented yet" (P6 and S1-S14, Smart Licensing) have no line here.
 
-Every licensing decision carries the IDs that made it (DESIGN.md principle 2), so logs, the API
+Every licensing decision carries the IDs that made it (docs/design.md principle 2), so logs, the API
 and tests can say *why* a call cost an RMS or a registration took a room license.
 """
 

@@ -4,7 +4,7 @@ The signalling cores call hooks (``meter.sip.hooks.SipHooks``, ``meter.h323.hook
 whose implementations (``meter.metering.sip``, ``meter.metering.h323``) use this module to turn each into
 facts for the pure licensing domain (``classify_call``, ``classify_registration``), charges the
 ledger, and answers allow or refuse. It keeps one record per charged alias and per call so the
-API and CLI can show what each costs and which rules decided it (DESIGN.md principle 2).
+API and CLI can show what each costs and which rules decided it (docs/design.md principle 2).
 
 Release paths (principle 4): a registration is released on unregister, expiry, node shutdown
 (``on_bindings`` with no bindings) or, for a REGISTER or RRQ that the upstream refused or never

@@ -72,7 +72,7 @@ class CallControl:
             return Forwarding(SetupOutcome(self, spiral, plan.offer, owner=False), plan.edits)
         now = self.clock.time()
         from_aor = req.from_.uri.aor
-        # "Registered" is the flow, not the From (RFC 5626 §5.2 style; DESIGN.md principle 5).
+        # "Registered" is the flow, not the From (RFC 5626 §5.2 style; docs/design.md principle 5).
         caller_registered = self.router.location.registered_over(from_aor, source, now)
         info = CallInfo(req.call_id, from_aor, req.to.uri.aor, req.uri, source, callee_registered,
                         from_upstream, req.body, req.user_agent or "", caller_registered)

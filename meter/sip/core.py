@@ -227,7 +227,7 @@ class SipCore:
                 self._answer_stateless(msg, source, 500, "Server Internal Error")
 
     def receive_error(self, err: SIPError, source: Peer) -> None:
-        """A message the codec refused: a request gets its status and reason (DESIGN.md principle 5);
+        """A message the codec refused: a request gets its status and reason (docs/design.md principle 6);
         anything else is dropped and counted."""
         msg = err.message
         if isinstance(msg, Request) and not _maybe_ack(msg) and msg.has_header("via"):

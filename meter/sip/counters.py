@@ -1,6 +1,6 @@
 """Plain-int counters of the SIP node; the admin layer turns a snapshot into Prometheus metrics.
 
-Label values come from small fixed sets (DESIGN.md, prometheus conventions): methods outside
+Label values come from small fixed sets (docs/design.md, prometheus conventions): methods outside
 :data:`METHODS` count as "other", statuses are the 100-699 codes.
 """
 

@@ -1,4 +1,4 @@
-"""The SIP node's hooks: where it asks the metering join what to do (DESIGN.md principle 4).
+"""The SIP node's hooks: where it asks the metering join what to do (docs/design.md principle 4).
 
 The node calls a :class:`SipHooks` at fixed points; ``meter.metering.sip`` plugs in there. The
 contract the node keeps:

@@ -106,7 +106,7 @@ class Router:
             return Located([Target(None, uri_peer(uri))], None, bool(bindings))
         return Located([Target(None, self.upstream)], None, bool(bindings))
 
-    # -- relay policy (RFC 3261 §16.4, §16.6; DESIGN.md principle 5) -------------------------------------
+    # -- relay policy (RFC 3261 §16.4, §16.6; docs/design.md principle 5) -------------------------------------
 
     def trusted(self, source: Peer) -> bool:
         """A zone's peer or the upstream: not an endpoint, its requests may go where they ask."""

@@ -1,7 +1,7 @@
 """Durable licensing state in SQLite under the node's state directory, and the issuer key files.
 
 Option keys, the license mode, alarms, the node serial, the trusted issuer public key, recent
-usage snapshots and the lost cluster peers whose licenses still count (P2), all surviving a restart (DESIGN.md principle 4). The licensing domain
+usage snapshots and the lost cluster peers whose licenses still count (P2), all surviving a restart (docs/design.md principle 4). The licensing domain
 (``meter.licensing``) never imports this module: it gets key rows, alarms and keys from here.
 
 First use creates what is missing: the node serial (random, like a hardware serial) and, for a

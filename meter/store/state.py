@@ -1,4 +1,4 @@
-"""Bindings and calls in progress, written behind and restored at start (DESIGN.md principles 4, 5).
+"""Bindings and calls in progress, written behind and restored at start (docs/design.md principles 4, 5).
 
 The precedent is Kamailio's write-back modes: usrloc ``db_mode=2`` and dialog ``db_mode=2`` keep
 the tables in memory, mark what changed, and a timer writes the changes to the database in one

@@ -1,4 +1,4 @@
-"""Chaos test of license accounting (issue 6 item 2, DESIGN.md principle 4).
+"""Chaos test of license accounting (issue 6 item 2, docs/design.md principle 4).
 
 A standalone SIP node metered by SipMetering is driven through random interleavings of
 REGISTER / refresh / unregister (Expires 0 and ``Contact: *``) / expiry, INVITE / 1xx / 2xx / ACK /

@@ -1,4 +1,4 @@
-"""Import boundaries, read from the source with ``ast`` (DESIGN.md "Layout" and principle 1).
+"""Import boundaries, read from the source with ``ast`` (docs/design.md "Layout" and principle 1).
 
 Every .py under codecs/ (installed as ``meter.codecs``) and meter/ is parsed, imports inside
 functions included. The rules:
@@ -106,7 +106,7 @@ def test_codecs_import_nothing_from_meter():
 
 
 def test_licensing_imports_only_itself_codecs_and_pure_modules():
-    """meter.licensing is sans-I/O (DESIGN.md principle 1): no asyncio, socket, sqlite3, argparse,
+    """meter.licensing is sans-I/O (docs/design.md principle 1): no asyncio, socket, sqlite3, argparse,
     files (but the two shipped tables), and nothing of meter but meter.licensing and meter.codecs."""
     problems = []
     for name, found in IMPORTS.items():

@@ -1,5 +1,5 @@
 """A 2xx that arrives after the node already ended the call (its 408 after Timer B, its 487 after
-an unanswered CANCEL) and the cause a Timer C timeout reports. DESIGN.md principle 4: every call
+an unanswered CANCEL) and the cause a Timer C timeout reports. docs/design.md principle 4: every call
 that is up at the callee has exactly one allowed on_invite / on_call_ended pair open.
 Sans-I/O, fake clock."""
 

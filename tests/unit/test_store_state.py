@@ -1,4 +1,4 @@
-"""State that survives a restart (issue 10 item 5; DESIGN.md principles 4 and 5).
+"""State that survives a restart (issue 10 item 5; docs/design.md principles 4 and 5).
 
 - the node's identity: `meter init` once, `meter run` refuses a missing, empty or unreadable state
   database with one line, `meter backup` / `meter restore` keep serial and issuer key;
