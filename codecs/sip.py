@@ -2,7 +2,7 @@
 
 Bytes in, :class:`Request` / :class:`Response` out, bytes back; no sockets, no clocks.
 
-Hot path (DESIGN.md principle 3): :func:`parse` finds the start line, splits the header lines once
+Hot path (docs/design.md principle 3): :func:`parse` finds the start line, splits the header lines once
 (unfolding continuation lines, RFC 3261 §7.3.1) and indexes them by canonical lower-case long name
 (compact forms folded in, §7.3.3). Header values are decoded and parsed only when asked, and
 cached. A proxy edit (push a Via, add a Record-Route, decrement Max-Forwards) touches only its own

@@ -12,8 +12,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
 from meter.licensing.model import POOLED, Media
+from meter.sip.auth.admission import AUTH_FAILURES
 from meter.sip.counters import METHODS
 from meter.sip.limits import REASONS as LIMIT_REASONS
+from meter.sip.router import RELAY_REFUSALS
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 CALL_CLASSES = {Media.SETUP: "setup", Media.VIDEO: "video", Media.AUDIO_SIP: "audio_sip",
@@ -135,6 +137,14 @@ class NodeCollector:
         malformed.add_metric(["answered"], stats.malformed_answered)
         malformed.add_metric(["dropped"], stats.malformed_dropped)
         yield malformed
+        relay = CounterMetricFamily("meter_sip_relay_refused", "Requests refused 403 by the relay policy ([sip] relay), by why.", labels=["why"])
+        for why in RELAY_REFUSALS:
+            relay.add_metric([why], stats.relay_refused[why])
+        yield relay
+        auth = CounterMetricFamily("meter_sip_auth_failures", "Digest authentication failures ([auth]), by reason.", labels=["reason"])
+        for reason in AUTH_FAILURES:
+            auth.add_metric([reason], stats.auth_failures[reason])
+        yield auth
         yield from self._limit_families(sip.core)
 
     def _limit_families(self, core):

@@ -120,11 +120,12 @@ class SipCore:
         self.router = Router(local=self.local, location=self.location, inline=self.inline, upstream=upstream,
                              zone_route=getattr(self.hooks, "route", None), relay=settings.relay,
                              trusted_source=getattr(self.hooks, "trusted_source", None),
-                             zone_destination=getattr(self.hooks, "zone_destination", None))
+                             zone_destination=getattr(self.hooks, "zone_destination", None),
+                             counters=self.counters)
         # [auth]: allow-list, digest and the policy for unknown sources (None: everyone is admitted).
         self.admission = None if admission is None else Admission(
             admission, inline=self.inline, upstream=upstream, location=self.location, router=self.router,
-            clock=clock, reply=self._reply)
+            clock=clock, reply=self._reply, counters=self.counters)
         # [limits]: requests and registrations per source (Kamailio pike); None: no limits (tests,
         # benchmarks of the core alone). Zone peers and the upstream carry many users: exempt.
         trusted = getattr(self.hooks, "trusted_source", None)

@@ -36,6 +36,8 @@ class SipCounters:
     send_errors: int = 0
     sessions_expired: int = 0  # calls ended by the node when their RFC 4028 session interval ran out
     late_answers: int = 0  # 2xx for calls the node had ended unanswered (re-opened or refused)
+    relay_refused: Counter = field(default_factory=Counter)  # by why (router.RELAY_REFUSALS)
+    auth_failures: Counter = field(default_factory=Counter)  # by reason (admission.AUTH_FAILURES)
 
     def snapshot(self) -> dict:
         out = {}

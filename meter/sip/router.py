@@ -11,6 +11,7 @@ from typing import Callable, NamedTuple
 
 from meter.codecs.sip import Request, parse_name_addr
 from meter.logs import log_event
+from meter.sip.counters import SipCounters
 from meter.sip.location import Binding, LocationService
 from meter.sip.peer import Peer
 from meter.sip.routing import LocalAddresses, over_flow, uri_peer, uri_transport
@@ -20,6 +21,10 @@ log = logging.getLogger("meter.sip")
 # RFC 3261 §16.6 / §21.4.4: a proxy that will not relay answers 403; the phrase says why.
 RELAY_PRELOADED = (403, "Forbidden - relay not allowed (pre-loaded Route)")
 RELAY_IN_DIALOG = (403, "Forbidden - relay not allowed (not a dialog this node routes)")
+# The ``why`` of a refusal (log fact and label of meter_sip_relay_refused_total): a small fixed set.
+WHY_PRELOADED = "preloaded_route"
+WHY_IN_DIALOG = "in_dialog"
+RELAY_REFUSALS = (WHY_PRELOADED, WHY_IN_DIALOG)
 
 
 class Target(NamedTuple):
@@ -39,7 +44,8 @@ class Router:
     def __init__(self, *, local: LocalAddresses, location: LocationService, inline: bool,
                  upstream: Peer | None, zone_route: Callable[[str], str | None] | None, relay: str = "zones",
                  trusted_source: Callable[[str], bool] | None = None,
-                 zone_destination: Callable[[str, int], bool] | None = None) -> None:
+                 zone_destination: Callable[[str, int], bool] | None = None,
+                 counters: SipCounters | None = None) -> None:
         self.local = local
         self.location = location
         self.inline = inline
@@ -48,6 +54,7 @@ class Router:
         self.relay = relay
         self._trusted_source = trusted_source
         self._zone_destination = zone_destination
+        self.counters = counters if counters is not None else SipCounters()
 
     def pop_own_routes(self, req: Request) -> str | None:
         """RFC 3261 §16.4: pop every topmost Route that names this node (two after a double
@@ -83,7 +90,7 @@ class Router:
         if req.has_header("route"):  # RFC 3261 §16.6 step 6-7: a pre-loaded route decides, where policy allows
             peer = uri_peer(parse_name_addr(req.header("route")).uri)
             if not (self.trusted(source) or self.may_relay_to(peer)):
-                self._relay_refused(req, source, peer, "pre-loaded Route")
+                self._relay_refused(req, source, peer, WHY_PRELOADED)
                 return Located([], RELAY_PRELOADED, False)
             return Located([Target(None, peer)], None, bool(bindings))
         hit = self.location.by_contact(uri, now)
@@ -142,11 +149,11 @@ class Router:
                 return None
         if self.trusted(source) or self.may_relay_to(peer):
             return None
-        self._relay_refused(req, source, peer, "in-dialog")
+        self._relay_refused(req, source, peer, WHY_IN_DIALOG)
         return RELAY_IN_DIALOG
 
-    @staticmethod
-    def _relay_refused(req: Request, source: Peer, peer: Peer, what: str) -> None:
+    def _relay_refused(self, req: Request, source: Peer, peer: Peer, what: str) -> None:
+        self.counters.relay_refused[what] += 1
         log_event(log, "sip.relay.refused", logging.INFO, source=str(source), user_agent=req.user_agent or "",
                   method=req.method, target=str(peer), request_uri=str(req.uri), why=what)
 

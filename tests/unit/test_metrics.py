@@ -10,6 +10,9 @@ from meter.admin.latency import LatencyHistogram, TimedReceiver
 from meter.h323.node import RasNode
 from meter.h323.settings import H323Settings
 from meter.metering.h323 import RasMetering
+from meter.sip.auth.admission import AUTH_FAILURES
+from meter.sip.counters import SipCounters
+from meter.sip.router import RELAY_REFUSALS
 from tests.rasclient import RasClient
 from tests.unit.test_metering import ROOM_KIT, DX80, invite, make_metering, register
 
@@ -45,6 +48,25 @@ def test_r11_c4_series_show_pools_registrations_calls_refusals_and_one_alarm_per
     assert s[("meter_message_processing_seconds_count", (("protocol", "sip"),))] == 1
     assert s[("meter_message_processing_seconds_bucket", (("le", "0.0005"), ("protocol", "sip")))] == 1
     assert s[("meter_message_processing_seconds_bucket", (("le", "0.00025"), ("protocol", "sip")))] == 0
+
+
+def test_relay_refusals_and_auth_failures_are_exported_with_every_label_value():
+    m, _, _ = make_metering()
+    counters = SipCounters()
+    counters.relay_refused["in_dialog"] += 2
+    counters.auth_failures["wrong_password"] += 3
+    sip = SimpleNamespace(counters=counters, core=SimpleNamespace(source_limits=None))
+    node = SimpleNamespace(metering=m, sip=sip, ras=None, pool_sync=None, latency=None, latency_ras=None)
+    samples = {}
+    for family in text_string_to_metric_families(metrics.render(node).decode()):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    relay = {labels: v for (name, labels), v in samples.items() if name == "meter_sip_relay_refused_total"}
+    auth = {labels: v for (name, labels), v in samples.items() if name == "meter_sip_auth_failures_total"}
+    assert relay == {(("why", why),): 2 if why == "in_dialog" else 0 for why in RELAY_REFUSALS}
+    assert auth == {(("reason", r),): 3 if r == "wrong_password" else 0 for r in AUTH_FAILURES}
+    assert set(RELAY_REFUSALS) == {"preloaded_route", "in_dialog"}
+    assert "not_owner" in AUTH_FAILURES and "unknown_user" in AUTH_FAILURES
 
 
 def test_ras_datagrams_are_timed_under_protocol_h323_next_to_sip():

@@ -14,7 +14,7 @@ import pytest
 
 from meter.cli import main
 from meter.codecs.sip import Request, Response
-from meter.sip.auth.admission import AdmissionPolicy
+from meter.sip.auth.admission import AUTH_FAILURES, AdmissionPolicy
 from meter.sip.auth.settings import AuthSettings
 from meter.sip.peer import Peer
 from meter.store.credentials import CredentialsFile, add_user, read_entries
@@ -98,6 +98,19 @@ def test_wrong_password_and_unknown_user_get_the_same_new_challenge_and_a_log_li
     assert failures[0].facts["source"] == "udp:10.0.0.2:5062"
     assert failures[1].facts["user_agent"] == "" and failures[1].facts["source"] == "udp:10.0.0.66:5070"
     assert not any("guess" in str(r.facts) or "pw" in str(r.facts) for r in failures)
+
+
+def test_each_digest_failure_is_counted_by_reason_for_meter_sip_auth_failures_total(tmp_path):
+    lab = make_lab(tmp_path)
+    assert register_with_password(lab, lab.alice, "guess").status == 401
+    assert register_with_password(lab, Phone("mallory", "10.0.0.66", 5070), "guess").status == 401
+    assert register_with_password(lab, lab.alice, "bob-pw", user="bob").status == 403  # not the owner
+    lab.feed(lab.alice.register(headers=[("Authorization", "Digest garbage")]), lab.alice)
+    assert lab.net.only()[0].status == 401
+    assert register_with_password(lab, lab.alice, "alice-pw").status == 200  # success counts nothing
+    assert dict(lab.core.counters.auth_failures) == {"wrong_password": 1, "unknown_user": 1, "not_owner": 1,
+                                                     "malformed": 1}
+    assert set(lab.core.counters.auth_failures) <= set(AUTH_FAILURES)
 
 
 def test_rfc7616_5_4_a_replayed_authorization_is_challenged_not_accepted(tmp_path):

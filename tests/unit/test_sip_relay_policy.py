@@ -21,6 +21,7 @@ from meter.metering.join import Metering
 from meter.metering.sip import SipMetering
 from meter.sip.location import LocationService, RegisterRequest
 from meter.sip.peer import Peer
+from meter.sip.router import RELAY_REFUSALS
 from meter.zones import ZoneSettings, ZoneTable
 from tests.sipclient import LAB_ANSWER, LAB_OFFER, LAB_RR, CoreLab, Phone, Recorder
 
@@ -156,6 +157,16 @@ def test_a_to_tag_is_no_relay_licence_for_a_dialog_the_node_does_not_route(route
     assert [(m.status, m.reason) for m, _ in sent] == [
         (403, "Forbidden - relay not allowed (not a dialog this node routes)")]
     assert addresses(sent) == [("10.0.0.2", 5062)]
+
+
+def test_each_relay_refusal_is_counted_by_why_for_meter_sip_relay_refused_total():
+    lab = CoreLab(policy=Zoned())
+    lab.feed(preloaded_invite(lab.alice), lab.alice)
+    lab.feed(forged_in_dialog(lab), lab.alice)
+    lab.feed(forged_in_dialog(lab, "INFO"), lab.alice)
+    assert [m.status for m, _ in lab.net.take()] == [403, 403, 403]
+    assert dict(lab.core.counters.relay_refused) == {"preloaded_route": 1, "in_dialog": 2}
+    assert set(lab.core.counters.relay_refused) <= set(RELAY_REFUSALS)
 
 
 def test_a_forged_ack_is_dropped_not_relayed():

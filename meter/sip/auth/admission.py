@@ -29,6 +29,7 @@ from meter.logs import log_event
 from meter.sip.auth.digest import Credentials, DigestError, challenge, parse_credentials, response
 from meter.sip.auth.nonces import NonceTable
 from meter.sip.auth.settings import AuthSettings
+from meter.sip.counters import SipCounters
 from meter.sip.peer import Peer
 from meter.sip.router import Located, Target
 
@@ -41,6 +42,18 @@ ADMITTED = object()
 OUTSIDER_LOG_INTERVAL = 10.0
 LOGGED_SOURCES_CAP = 4096
 """``Admission.initial``: the request is routed as usual."""
+
+# Why digest authentication failed: the label of meter_sip_auth_failures_total, a small fixed set
+# (the log line keeps the detail: which algorithm, which AOR).
+FAIL_MALFORMED = "malformed"  # Authorization / Proxy-Authorization that does not parse
+FAIL_ALGORITHM = "algorithm"  # an algorithm the node did not offer
+FAIL_URI = "uri_mismatch"  # digest uri is not the Request-URI
+FAIL_UNKNOWN_USER = "unknown_user"
+FAIL_WRONG_PASSWORD = "wrong_password"
+FAIL_REPLAY = "replay"  # replayed nonce-count
+FAIL_NOT_OWNER = "not_owner"  # authenticated, but not the owner of the To (REGISTER) / From (INVITE) AOR
+AUTH_FAILURES = (FAIL_MALFORMED, FAIL_ALGORITHM, FAIL_URI, FAIL_UNKNOWN_USER, FAIL_WRONG_PASSWORD, FAIL_REPLAY,
+                 FAIL_NOT_OWNER)
 
 
 class CredentialStore(Protocol):
@@ -60,7 +73,7 @@ class AdmissionPolicy:
 
 class Admission:
     def __init__(self, policy: AdmissionPolicy, *, inline: bool, upstream: Peer | None, location, router,
-                 clock, reply: Callable) -> None:
+                 clock, reply: Callable, counters: SipCounters | None = None) -> None:
         s = policy.settings
         self.settings = s
         self.credentials = policy.credentials
@@ -70,6 +83,7 @@ class Admission:
         self.router = router
         self.clock = clock
         self._reply = reply  # (txn, status, reason=None, headers=())
+        self.counters = counters if counters is not None else SipCounters()
         self.digest = s.enabled and not inline  # inline, the upstream authenticates (RFC 3261 §22.3)
         self.nonces = NonceTable(s.nonce_lifetime)
         self._networks = [ipaddress.ip_network(a, strict=False) for a in s.allow]
@@ -111,7 +125,7 @@ class Admission:
         if user is None:
             return False
         if req.to.uri.user != user:  # RFC 3261 §10.3 step 3: the user must own the AOR
-            self._failed(req, source, user, f"{user} does not own {req.to.uri.aor}")
+            self._failed(req, source, user, FAIL_NOT_OWNER, f"{user} does not own {req.to.uri.aor}")
             self._reply(txn, 403, "Forbidden - not the owner of this address")
             return False
         return True
@@ -139,7 +153,7 @@ class Admission:
         if user is None:
             return None
         if req.from_.uri.user != user:  # the caller's identity is the authenticated user's own
-            self._failed(req, source, user, f"{user} does not own {req.from_.uri.aor}")
+            self._failed(req, source, user, FAIL_NOT_OWNER, f"{user} does not own {req.from_.uri.aor}")
             self._reply(txn, 403, "Forbidden - not the owner of this address")
             return None
         self._consume_credentials(req)
@@ -184,44 +198,46 @@ class Admission:
             try:
                 cred = parse_credentials(value)
             except DigestError as err:
-                self._failed(req, source, "", str(err))
+                self._failed(req, source, "", FAIL_MALFORMED, str(err))
                 break
             if cred.realm != realm:
                 continue  # RFC 3261 §22.3: credentials for another realm are not ours to check
-            verdict = self._verify(cred, req, now)
+            verdict, detail = self._verify(cred, req, now)
             if verdict == "ok":
                 return cred.username
             if verdict == "stale":
                 stale = True
                 log_event(log, "sip.auth.stale_nonce", logging.DEBUG, source=str(source), user=cred.username)
             else:
-                self._failed(req, source, cred.username, verdict)
+                self._failed(req, source, cred.username, verdict, detail)
             break
         nonce = self.nonces.issue(now)
         headers = [(challenge_header, challenge(realm, nonce, alg, stale=stale)) for alg in self.settings.algorithms]
         self._reply(txn, status, None, headers=headers)
         return None
 
-    def _verify(self, cred: Credentials, req: Request, now: float) -> str:
-        """"ok", "stale", or why the credentials fail (for the log only)."""
+    def _verify(self, cred: Credentials, req: Request, now: float) -> tuple[str, str]:
+        """("ok" | "stale" | one of AUTH_FAILURES, why in words for the log)."""
         if cred.algorithm not in self.settings.algorithms:
-            return f"algorithm {cred.algorithm} not offered"
+            return FAIL_ALGORITHM, f"algorithm {cred.algorithm} not offered"
         if cred.uri.lower() != req.uri.lower():  # RFC 7616 §3.4.6: the digest is for this request
-            return "digest uri is not the Request-URI"
+            return FAIL_URI, "digest uri is not the Request-URI"
         entry = self.credentials.lookup(cred.username, cred.realm, now)
         if entry is None:
-            return "unknown user"
+            return FAIL_UNKNOWN_USER, "unknown user"
         expected = response(cred.algorithm, entry.ha1(cred.algorithm), cred.nonce, req.method, cred.uri,
                             cred.qop, cred.nc, cred.cnonce)
         if not hmac.compare_digest(expected, cred.response):
-            return "wrong password"
+            return FAIL_WRONG_PASSWORD, "wrong password"
         check = self.nonces.check(cred.nonce, cred.nc if cred.qop else "", now)
         if check == "replay":
-            return "replayed nonce-count"
-        return check
+            return FAIL_REPLAY, "replayed nonce-count"
+        return check, check
 
-    def _failed(self, req: Request, source: Peer, user: str, reason: str) -> None:
-        """One line per failure: source and User-Agent, never a password or a hash."""
+    def _failed(self, req: Request, source: Peer, user: str, kind: str, reason: str) -> None:
+        """One line per failure: source and User-Agent, never a password or a hash; and one more on
+        meter_sip_auth_failures_total{reason=kind} (``kind``: one of AUTH_FAILURES)."""
+        self.counters.auth_failures[kind] += 1
         log_event(log, "sip.auth.failed", logging.WARNING, source=str(source), user_agent=req.user_agent or "",
                   method=req.method, user=user, reason=reason)
 
