@@ -43,13 +43,19 @@ class ZoneSettings:
     """True when this zone's route rewrites the dialled string (C10: no cloud bypass then)."""
     conductor: Literal["", "b2bua", "policy"] = ""
     """For cisco_conferencing behind TelePresence Conductor: its deployment (C8)."""
+    allow: list[str] = field(default_factory=list)
+    """Sources (addresses or CIDRs) that may send requests into this zone; [] = any source the
+    node admits. Keeps a trunk to the lab's own subnets (toll fraud): a request for this zone,
+    by search rule or by a pre-loaded Route to its address, from elsewhere gets 403. The zone
+    peers of any zone and the upstream are not endpoints and pass (they route for others)."""
 
     def __post_init__(self) -> None:
-        for peer in self.peers:
-            try:
-                ipaddress.ip_network(peer, strict=False)
-            except ValueError:
-                raise ValueError(f"zone {self.name!r}: peers: {peer!r} is not an address or CIDR") from None
+        for key in ("peers", "allow"):
+            for entry in getattr(self, key):
+                try:
+                    ipaddress.ip_network(entry, strict=False)
+                except ValueError:
+                    raise ValueError(f"zone {self.name!r}: {key}: {entry!r} is not an address or CIDR") from None
         for rule in self.match:
             _compile_rule(rule, self.name)
         if self.target and not valid_hostport(self.target):
@@ -92,7 +98,8 @@ class ZoneTable:
         }
         self._rules = [(_compile_rule(r, z.name), z) for z in self.zones for r in z.match]
         self._by_name = {z.name: z for z in self.zones}
-        self._targets = {_target_address(z.target) for z in self.zones if z.target}
+        self._targets = {_target_address(z.target): z for z in self.zones if z.target}
+        self._allow = {z.name: [ipaddress.ip_network(a, strict=False) for a in z.allow] for z in self.zones}
 
     def by_name(self, name: str) -> ZoneSettings | None:
         return self._by_name.get(name)
@@ -113,7 +120,28 @@ class ZoneTable:
     def leads_to(self, host: str, port: int) -> bool:
         """Is (host, port) a zone's: one of its peers, or its target? The relay policy (RFC 3261
         §16.6) lets an endpoint's pre-loaded Route go there and nowhere else."""
-        return (host.lower(), port) in self._targets or self.for_peer(host) is not None
+        return self.destination(host, port) is not None
+
+    def destination(self, host: str, port: int) -> ZoneSettings | None:
+        """The zone whose target or peer (host, port) is, if any."""
+        return self._targets.get((host.lower(), port)) or self.for_peer(host)
+
+    def admits(self, zone: ZoneSettings, source: str) -> bool:
+        """May ``source`` send requests into ``zone`` (its `allow` list; none = anyone)?"""
+        networks = self._allow.get(zone.name)
+        if not networks:
+            return True
+        try:
+            ip = ipaddress.ip_address(source)
+        except ValueError:
+            return False
+        return any(ip in net for net in networks)
+
+    def closed_to(self, uri: str, uri_host: str, host: str, port: int, source: str) -> ZoneSettings | None:
+        """The zone a request is headed for (by search rule on its Request-URI, else by the
+        address it goes to) when that zone's `allow` list leaves ``source`` out; else None."""
+        zone = self.for_uri(uri, uri_host) or self.destination(host, port)
+        return zone if zone is not None and not self.admits(zone, source) else None
 
     def for_uri(self, uri: str, host: str) -> ZoneSettings | None:
         host = host.lower()

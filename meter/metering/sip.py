@@ -96,6 +96,11 @@ class SipMetering:
     def zone_destination(self, host: str, port: int) -> bool:
         return self.m.zones.leads_to(host, port)
 
+    def zone_closed(self, request_uri: str, host: str, port: int, source: str) -> str | None:
+        """The zone this request is headed for, when its `allow` list leaves ``source`` out."""
+        zone = self.m.zones.closed_to(request_uri, _uri_host(request_uri), host, port, source)
+        return None if zone is None else zone.name
+
     def route(self, request_uri: str) -> str | None:
         zone = self.m.zones.for_uri(request_uri, _uri_host(request_uri))
         return None if zone is None else zone.target

@@ -121,6 +121,7 @@ class SipCore:
                              zone_route=getattr(self.hooks, "route", None), relay=settings.relay,
                              trusted_source=getattr(self.hooks, "trusted_source", None),
                              zone_destination=getattr(self.hooks, "zone_destination", None),
+                             zone_closed=getattr(self.hooks, "zone_closed", None),
                              counters=self.counters)
         # [auth]: allow-list, digest and the policy for unknown sources (None: everyone is admitted).
         self.admission = None if admission is None else Admission(

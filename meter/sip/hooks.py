@@ -25,9 +25,10 @@ contract the node keeps:
 - ``on_call_answered`` comes with the first 2xx; for a late offer (an INVITE without SDP, RFC 3261
   §13.2.1) it comes with the ACK instead, offer from the 2xx and answer from the ACK, just before
   ``on_call_confirmed``.
-- ``trusted_source`` / ``zone_destination`` (optional) tell the relay policy (RFC 3261 §16.6)
-  which sources are a zone's peers and where an endpoint's pre-loaded Route may lead; without
-  them only the upstream is either.
+- ``trusted_source`` / ``zone_destination`` / ``zone_closed`` (optional) tell the relay policy
+  (RFC 3261 §16.6) which sources are a zone's peers, where an endpoint's pre-loaded Route may
+  lead, and which zone keeps a source out (its allow-list); without them only the upstream is
+  either, and no zone is closed.
 
 Hooks run on the event loop, inline with message handling: they must be quick and must not block.
 An exception in a hook is logged and counted; ``on_register``/``on_invite`` then answer 500.
@@ -139,6 +140,11 @@ class SipHooks(Protocol):
         Route may lead under ``relay = "zones"``?"""
         ...
 
+    def zone_closed(self, request_uri: str, host: str, port: int, source: str) -> str | None:
+        """The name of the zone a request to ``request_uri`` via (host, port) is headed for, when
+        that zone's allow-list leaves ``source`` out; None when it may go."""
+        ...
+
     def route(self, request_uri: str) -> str | None:
         """Zone routing (an Expressway's search rules) for an initial request the node has no
         binding for: "host:port" to send it there, "" to send it to the Request-URI's own host,
@@ -175,6 +181,9 @@ class NoMetering:
 
     def zone_destination(self, host, port) -> bool:
         return False
+
+    def zone_closed(self, request_uri, host, port, source) -> str | None:
+        return None
 
     def route(self, request_uri) -> str | None:
         return None

@@ -21,10 +21,12 @@ log = logging.getLogger("meter.sip")
 # RFC 3261 §16.6 / §21.4.4: a proxy that will not relay answers 403; the phrase says why.
 RELAY_PRELOADED = (403, "Forbidden - relay not allowed (pre-loaded Route)")
 RELAY_IN_DIALOG = (403, "Forbidden - relay not allowed (not a dialog this node routes)")
+ZONE_CLOSED = (403, "Forbidden - source not allowed into this zone")
 # The ``why`` of a refusal (log fact and label of meter_sip_relay_refused_total): a small fixed set.
 WHY_PRELOADED = "preloaded_route"
 WHY_IN_DIALOG = "in_dialog"
-RELAY_REFUSALS = (WHY_PRELOADED, WHY_IN_DIALOG)
+WHY_ZONE_CLOSED = "zone_closed"  # a zone's allow-list left the source out
+RELAY_REFUSALS = (WHY_PRELOADED, WHY_IN_DIALOG, WHY_ZONE_CLOSED)
 
 
 class Target(NamedTuple):
@@ -45,6 +47,7 @@ class Router:
                  upstream: Peer | None, zone_route: Callable[[str], str | None] | None, relay: str = "zones",
                  trusted_source: Callable[[str], bool] | None = None,
                  zone_destination: Callable[[str, int], bool] | None = None,
+                 zone_closed: Callable[[str, str, int, str], str | None] | None = None,
                  counters: SipCounters | None = None) -> None:
         self.local = local
         self.location = location
@@ -54,6 +57,7 @@ class Router:
         self.relay = relay
         self._trusted_source = trusted_source
         self._zone_destination = zone_destination
+        self._zone_closed = zone_closed
         self.counters = counters if counters is not None else SipCounters()
 
     def pop_own_routes(self, req: Request) -> str | None:
@@ -92,6 +96,8 @@ class Router:
             if not (self.trusted(source) or self.may_relay_to(peer)):
                 self._relay_refused(req, source, peer, WHY_PRELOADED)
                 return Located([], RELAY_PRELOADED, False)
+            if self.closed_zone(req, source, peer):
+                return Located([], ZONE_CLOSED, False)
             return Located([Target(None, peer)], None, bool(bindings))
         hit = self.location.by_contact(uri, now)
         if hit is not None:  # the Request-URI already is a registered contact (after the upstream's lookup)
@@ -102,6 +108,8 @@ class Router:
         if not bindings and not upstream_sent:
             zone_hop = self.zone_hop(req)
             if zone_hop is not None:
+                if self.closed_zone(req, source, zone_hop):
+                    return Located([], ZONE_CLOSED, False)
                 return Located([Target(None, zone_hop)], None, False)
         if not self.inline:
             if self.location.is_known(uri.aor):
@@ -120,6 +128,17 @@ class Router:
         if self.from_upstream(source):
             return True
         return self._trusted_source is not None and self._trusted_source(source.host)
+
+    def closed_zone(self, req: Request, source: Peer, peer: Peer) -> bool:
+        """Is ``peer`` (or the Request-URI's search rule) a zone whose allow-list leaves an
+        endpoint ``source`` out? Refused and logged when so; a trusted source always passes."""
+        if self._zone_closed is None or self.trusted(source):
+            return False
+        zone = self._zone_closed(str(req.uri), peer.host, peer.port, source.host)
+        if zone is None:
+            return False
+        self._relay_refused(req, source, peer, WHY_ZONE_CLOSED)
+        return True
 
     def may_relay_to(self, peer: Peer) -> bool:
         """Where an endpoint's pre-loaded Route may lead: the upstream, and under ``relay = "zones"``

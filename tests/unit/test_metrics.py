@@ -65,7 +65,7 @@ def test_relay_refusals_and_auth_failures_are_exported_with_every_label_value():
     auth = {labels: v for (name, labels), v in samples.items() if name == "meter_sip_auth_failures_total"}
     assert relay == {(("why", why),): 2 if why == "in_dialog" else 0 for why in RELAY_REFUSALS}
     assert auth == {(("reason", r),): 3 if r == "wrong_password" else 0 for r in AUTH_FAILURES}
-    assert set(RELAY_REFUSALS) == {"preloaded_route", "in_dialog"}
+    assert set(RELAY_REFUSALS) == {"preloaded_route", "in_dialog", "zone_closed"}
     assert "not_owner" in AUTH_FAILURES and "unknown_user" in AUTH_FAILURES
 
 

@@ -322,3 +322,52 @@ def test_inline_caller_from_the_upstream_is_still_local():
     spiral.push_via("SIP/2.0/UDP 10.0.0.50:5060;branch=z9hG4bKup1")
     lab.feed(spiral, lab.upstream)
     assert "C1" in [v for v in m.call_views() if v["call_id"] == "up"][0]["rules"]
+
+
+# -- a zone's allow-list (issue 10 item 2: "an optional source allow-list per zone") -------------------
+
+LAB_ONLY_TRUNK = ZoneSettings(name="itsp", kind="third_party_sip", peers=["192.0.2.0/24"],
+                              match=["domain:itsp.example"], target="198.51.100.7:5070", allow=["10.0.0.2/32"])
+
+
+def zone_locked_lab():
+    ledger = Ledger("m1", "C", catalogs.platform("large_vm"), enforcement="enforce", now=1000.0)
+    ledger.set_licenses({"rms": 10, "room": 10, "desktop": 10}, 1000.0)
+    m = Metering(ledger, catalogs.device_catalog(), ZoneTable([LAB_ONLY_TRUNK]), role="C", node_name="m1",
+                 clock=lambda: 1000.0)
+    return m, CoreLab(policy=SipMetering(m))
+
+
+def test_c2_a_zone_allow_list_admits_its_sources_and_keeps_others_off_the_trunk():
+    """alice (10.0.0.2) may call out through the ITSP zone and pays its RMS (C2); bob (10.0.0.3),
+    outside the zone's allow-list, gets 403 by search rule and by a pre-loaded Route to the trunk's
+    address alike, is logged as a relay refusal and charges nothing."""
+    m, lab = zone_locked_lab()
+    lab.register(lab.alice)
+    lab.register(lab.bob)
+    lab.net.take()
+    lab.feed(lab.alice.request("INVITE", "sip:+1555@itsp.example", body=LAB_OFFER, call_id="ok"), lab.alice)
+    charged = m.ledger.in_use("rms")  # in the ledger's half units (C4)
+    assert ("198.51.100.7", 5070) in addresses(lab.net.take()) and charged > 0
+    lab.feed(lab.bob.request("INVITE", "sip:+1666@itsp.example", body=LAB_OFFER, call_id="no1"), lab.bob)
+    by_rule = lab.net.take()
+    lab.feed(preloaded_invite(lab.bob, "<sip:198.51.100.7:5070;lr>", "sip:+1777@198.51.100.7"), lab.bob)
+    by_route = lab.net.take()
+    for sent in (by_rule, by_route):
+        assert [(m_.status, m_.reason, p.address) for m_, p in sent if isinstance(m_, Response)] == [
+            (403, "Forbidden - source not allowed into this zone", lab.bob.peer.address)]
+        assert ("198.51.100.7", 5070) not in addresses(sent)
+    assert m.ledger.in_use("rms") == charged and lab.core.counters.relay_refused["zone_closed"] == 2
+
+
+def test_a_zone_peer_is_not_held_to_another_zones_allow_list():
+    """Zone peers route for others (a gateway, a Unified CM): the allow-list is for endpoints."""
+    m, lab = zone_locked_lab()
+    gateway = Phone("gw", "192.0.2.20", 5060)
+    lab.feed(gateway.request("INVITE", "sip:+1888@itsp.example", body=LAB_OFFER, call_id="gw"), gateway)
+    assert ("198.51.100.7", 5070) in addresses(lab.net.take())
+
+
+def test_zone_allow_entries_are_checked_at_start_up():
+    with pytest.raises(ValueError, match="allow: 'lab' is not an address or CIDR"):
+        ZoneSettings(name="itsp", kind="third_party_sip", allow=["lab"])
