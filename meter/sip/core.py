@@ -117,21 +117,14 @@ class SipCore:
             settings.t1, settings.t2, settings.t4, settings.timer_c, settings.timer_d))
         self.location = LocationService(settings.min_expires, settings.max_expires, settings.default_expires)
         self.dialogs = DialogTable()
-        self.router = Router(local=self.local, location=self.location, inline=self.inline, upstream=upstream,
-                             zone_route=getattr(self.hooks, "route", None), relay=settings.relay,
-                             trusted_source=getattr(self.hooks, "trusted_source", None),
-                             zone_destination=getattr(self.hooks, "zone_destination", None),
-                             zone_closed=getattr(self.hooks, "zone_closed", None),
-                             counters=self.counters)
+        self.router = Router.asking(self.hooks, local=self.local, location=self.location, inline=self.inline,
+                                    upstream=upstream, relay=settings.relay, counters=self.counters)
         # [auth]: allow-list, digest and the policy for unknown sources (None: everyone is admitted).
         self.admission = None if admission is None else Admission(
             admission, inline=self.inline, upstream=upstream, location=self.location, router=self.router,
             clock=clock, reply=self._reply, counters=self.counters)
-        # [limits]: requests and registrations per source (Kamailio pike); None: no limits (tests,
-        # benchmarks of the core alone). Zone peers and the upstream carry many users: exempt.
-        trusted = getattr(self.hooks, "trusted_source", None)
-        self.source_limits = None if limits is None else SourceLimiter(limits, exempt=lambda host: (
-            (upstream is not None and host == upstream.host) or bool(trusted and trusted(host))))
+        # [limits]: per-source requests and registrations (Kamailio pike); zone peers, upstream exempt.
+        self.source_limits = None if limits is None else SourceLimiter(limits, exempt=self.router.trusted_host)
         self.registrar = Registrar(self.location, hooks=self.hooks, guard=guard, clock=clock, upstream=upstream,
                                    reply=self._reply, refuse=self._refuse, forward_upstream=self._forward_upstream,
                                    admission=self.admission, limits=self.source_limits)

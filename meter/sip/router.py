@@ -60,6 +60,14 @@ class Router:
         self._zone_closed = zone_closed
         self.counters = counters if counters is not None else SipCounters()
 
+    @classmethod
+    def asking(cls, hooks, **kw) -> Router:
+        """A router that asks the metering hooks about zones: routing (``route``) and the relay
+        policy's questions, each optional (a hook object without one answers "no zone")."""
+        return cls(zone_route=getattr(hooks, "route", None), trusted_source=getattr(hooks, "trusted_source", None),
+                   zone_destination=getattr(hooks, "zone_destination", None),
+                   zone_closed=getattr(hooks, "zone_closed", None), **kw)
+
     def pop_own_routes(self, req: Request) -> str | None:
         """RFC 3261 §16.4: pop every topmost Route that names this node (two after a double
         Record-Route, RFC 5658); the transport of the last one popped is the one to leave with."""
@@ -139,6 +147,11 @@ class Router:
             return False
         self._relay_refused(req, source, peer, WHY_ZONE_CLOSED)
         return True
+
+    def trusted_host(self, host: str) -> bool:
+        """The upstream's or a zone peer's address (any port): a source that carries many users."""
+        up = self.upstream
+        return (up is not None and host == up.host) or bool(self._trusted_source and self._trusted_source(host))
 
     def may_relay_to(self, peer: Peer) -> bool:
         """Where an endpoint's pre-loaded Route may lead: the upstream, and under ``relay = "zones"``
