@@ -93,7 +93,7 @@ class Node:
         self.state.attach()
 
     async def _tick(self) -> None:
-        """Once a second: alarms, lost peers, demo-key expiry, lapsed reservations."""
+        """Once a second: alarms, lost peers, demo-key expiry, usage records, key changes on disk."""
         while True:
             await asyncio.sleep(TICK_SECONDS)
             try:
