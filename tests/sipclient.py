@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from meter.codecs.sip import (
     Request, Response, SIPError, StreamReader, make_request, make_response, new_branch, new_tag, parse,
 )
-from meter.sip.hooks import ALLOW, Verdict
+from meter.sip.hooks import ALLOW, NoMetering, Verdict
 
 SDP_OFFER = (
     b"v=0\r\no=alice 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n"
@@ -420,7 +420,7 @@ class Phone:
                              content_type="application/sdp" if body else None)
 
 
-class Recorder:
+class Recorder(NoMetering):
     """Metering hooks (``meter.sip.hooks.SipHooks``) that record every call and can refuse or fail on demand."""
 
     def __init__(self, invite: Verdict = ALLOW, register: Verdict = ALLOW, explode: str = "") -> None:

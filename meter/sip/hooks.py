@@ -25,10 +25,10 @@ contract the node keeps:
 - ``on_call_answered`` comes with the first 2xx; for a late offer (an INVITE without SDP, RFC 3261
   §13.2.1) it comes with the ACK instead, offer from the 2xx and answer from the ACK, just before
   ``on_call_confirmed``.
-- ``trusted_source`` / ``zone_destination`` / ``zone_closed`` (optional) tell the relay policy
+- ``trusted_source`` / ``zone_destination`` / ``zone_closed`` tell the relay policy
   (RFC 3261 §16.6) which sources are a zone's peers, where an endpoint's pre-loaded Route may
-  lead, and which zone keeps a source out (its allow-list); without them only the upstream is
-  either, and no zone is closed.
+  lead, and which zone keeps a source out (its allow-list); ``NoMetering`` knows no zone, so
+  only the upstream is trusted or a relay destination.
 
 Hooks run on the event loop, inline with message handling: they must be quick and must not block.
 An exception in a hook is logged and counted; ``on_register``/``on_invite`` then answer 500.

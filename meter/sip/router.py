@@ -62,11 +62,10 @@ class Router:
 
     @classmethod
     def asking(cls, hooks, **kw) -> Router:
-        """A router that asks the metering hooks about zones: routing (``route``) and the relay
-        policy's questions, each optional (a hook object without one answers "no zone")."""
-        return cls(zone_route=getattr(hooks, "route", None), trusted_source=getattr(hooks, "trusted_source", None),
-                   zone_destination=getattr(hooks, "zone_destination", None),
-                   zone_closed=getattr(hooks, "zone_closed", None), **kw)
+        """A router that asks the metering hooks (``SipHooks``) about zones: routing (``route``)
+        and the relay policy's questions."""
+        return cls(zone_route=hooks.route, trusted_source=hooks.trusted_source,
+                   zone_destination=hooks.zone_destination, zone_closed=hooks.zone_closed, **kw)
 
     def pop_own_routes(self, req: Request) -> str | None:
         """RFC 3261 §16.4: pop every topmost Route that names this node (two after a double
