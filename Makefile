@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 # the file) each provides.
 DEBIAN_TOOLS := kamailio:kamailio sipp:sip-tester redis-server:redis-server prometheus:prometheus \
                 promtool:prometheus tshark:tshark kamcmd:kamailio chromium:chromium sipsak:sipsak baresip:baresip-core \
-                svwar:sipvicious linphonec:linphone-cli \
+                svwar:sipvicious linphonec:linphone-cli tinyproxy:tinyproxy \
                 /usr/lib/$(shell gcc -dumpmachine 2>/dev/null || echo x86_64-linux-gnu)/kamailio/modules/tls.so:kamailio-tls-modules
 PYTEST_ARGS ?=
 
