@@ -94,8 +94,11 @@ class UdpEndpoint(asyncio.DatagramProtocol):
 class TcpConnection(asyncio.Protocol):
     """One stream connection, TCP or TLS (``kind``); the ssl layer below is asyncio's."""
 
-    def __init__(self, transports: "Transports", target: ConnectionKey | None = None, kind: str = "tcp") -> None:
+    def __init__(self, transports: "Transports", target: ConnectionKey | None = None, kind: str = "tcp",
+                 handshaking: bool = False) -> None:
         self._t = transports
+        # Accepted over TLS and counted by the caps as a handshake in progress until connection_made.
+        self.handshaking = handshaking
         self.id = next(transports.ids)
         self.kind = kind
         self.target = target  # the key we dialled, for outbound connections
@@ -119,6 +122,9 @@ class TcpConnection(asyncio.Protocol):
         addr = transport.get_extra_info("peername") or ("", 0)
         self.peer = Peer(self.kind, addr[0], addr[1], self.id)
         self.remote = connection_key(self.peer)
+        if self.handshaking:  # the handshake's place in the caps becomes the connection's
+            self.handshaking = False
+            self._t.handshake_ended(self.remote[1])
         if not self._t.register(self):
             transport.abort()
 
@@ -190,7 +196,11 @@ class Transports:
         self._inbound_by_host: Counter[str] = Counter()
         self._tls_client = tls_client
         self._handshake_timeout = tls_handshake_timeout
-        self.tls_server: asyncio.AbstractServer | None = None
+        self._tls_listener: socket.socket | None = None
+        self._tls_accepting: asyncio.Task | None = None
+        # TLS handshakes in progress, counted by the caps from accept: each holds a descriptor.
+        self._handshakes = 0
+        self._handshaking_by_host: Counter[str] = Counter()
         # Connections refused, by cap ("global", "per_address"), and what the log has not told yet.
         self.refused: Counter[str] = Counter()
         self._unlogged: Counter[str] = Counter()
@@ -227,16 +237,61 @@ class Transports:
         raise OSError("could not bind UDP and TCP on one free port")  # pragma: no cover
 
     async def start_tls(self, host: str, port: int, context: ssl.SSLContext) -> int:
-        """The TLS listener (RFC 3261 §26.2.1); a handshake longer than its timeout is dropped.
-        The caps count a connection once its handshake is done (asyncio calls connection_made
-        then); until then the handshake timeout bounds how long it holds a descriptor."""
-        self.tls_server = await self.loop.create_server(
-            lambda: TcpConnection(self, kind="tls"), host, port, reuse_address=True, ssl=context,
-            ssl_handshake_timeout=self._handshake_timeout)
-        self.tls_port = self.tls_server.sockets[0].getsockname()[1]
+        """The TLS listener (RFC 3261 §26.2.1). The node accepts itself, so that the caps count a
+        connection from accept, its handshake included (a handshake holds a descriptor too); a
+        handshake longer than its timeout is dropped."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        listener = socket.create_server((host, port), family=family, backlog=511)
+        listener.setblocking(False)
+        self._tls_listener = listener
+        self.tls_port = listener.getsockname()[1]
+        self._tls_accepting = self.loop.create_task(self._accept_tls(listener, context))
         if self._sweep_handle is None:
             self._schedule_sweep()
         return self.tls_port
+
+    async def _accept_tls(self, listener: socket.socket, context: ssl.SSLContext) -> None:
+        while True:
+            try:
+                sock, addr = await self.loop.sock_accept(listener)
+            except OSError as exc:  # EMFILE and the like: the caps keep it rare; never stop accepting
+                log_event(log, "sip.tls.accept_failed", logging.WARNING, error=exc.strerror or str(exc))
+                await asyncio.sleep(0.1)
+                continue
+            host = addr[0]
+            if not self._admit(host):
+                sock.close()
+                continue
+            self._handshakes += 1
+            self._handshaking_by_host[host] += 1
+            self._spawn(self._handshake(sock, host, context))
+
+    async def _handshake(self, sock: socket.socket, host: str, context: ssl.SSLContext) -> None:
+        made: list[TcpConnection] = []
+
+        def protocol() -> TcpConnection:
+            made.append(TcpConnection(self, kind="tls", handshaking=True))
+            return made[0]
+
+        try:
+            await self.loop.connect_accepted_socket(protocol, sock, ssl=context,
+                                                    ssl_handshake_timeout=self._handshake_timeout)
+        except (OSError, ssl.SSLError, asyncio.TimeoutError, EOFError) as exc:
+            log.debug("sip.tls.handshake_failed source=%s error=%s", host, exc)
+        finally:
+            if not made or made[0].handshaking:  # failed, timed out or cancelled before connection_made
+                if made:
+                    made[0].handshaking = False
+                self.handshake_ended(host)
+                sock.close()
+
+    def handshake_ended(self, host: str) -> None:
+        self._handshakes -= 1
+        left = self._handshaking_by_host[host] - 1
+        if left > 0:
+            self._handshaking_by_host[host] = left
+        else:
+            del self._handshaking_by_host[host]
 
     async def _unbind(self) -> None:
         if self.udp is not None:
@@ -250,8 +305,12 @@ class Transports:
     async def close(self) -> None:
         if self._sweep_handle is not None:
             self._sweep_handle.cancel()
-        if self.tls_server is not None:
-            self.tls_server.close()
+        if self._tls_accepting is not None:
+            self._tls_accepting.cancel()
+            self._tls_accepting = None
+        if self._tls_listener is not None:
+            self._tls_listener.close()
+            self._tls_listener = None
         for task in list(self._tasks):
             task.cancel()
         for conn in list(self.by_id.values()):
@@ -267,9 +326,6 @@ class Transports:
         if self.tcp_server is not None:
             await self.tcp_server.wait_closed()
             self.tcp_server = None
-        if self.tls_server is not None:
-            await self.tls_server.wait_closed()
-            self.tls_server = None
 
     # -- sending -------------------------------------------------------------------------------------
 
@@ -377,11 +433,7 @@ class Transports:
     def register(self, conn: TcpConnection) -> bool:
         host = conn.remote[1]
         if conn.inbound:
-            if len(self.by_id) + len(self._connecting) >= self._max_conns:
-                self._refuse("global", host)
-                return False
-            if self._inbound_by_host[host] >= self._max_per_address:
-                self._refuse("per_address", host)
+            if not self._admit(host):
                 return False
             self._inbound_by_host[host] += 1
         conn.registered = True
@@ -389,6 +441,17 @@ class Transports:
         self.by_addr[conn.remote] = conn
         if conn.target is not None and conn.target != conn.remote:
             self.by_addr[conn.target] = conn
+        return True
+
+    def _admit(self, host: str) -> bool:
+        """Whether the caps leave room for one more inbound connection from ``host``; TLS
+        handshakes in progress count as connections."""
+        if len(self.by_id) + len(self._connecting) + self._handshakes >= self._max_conns:
+            self._refuse("global", host)
+            return False
+        if self._inbound_by_host[host] + self._handshaking_by_host[host] >= self._max_per_address:
+            self._refuse("per_address", host)
+            return False
         return True
 
     def unregister(self, conn: TcpConnection) -> None:

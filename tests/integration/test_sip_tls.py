@@ -19,7 +19,7 @@ from meter.sip.node import SipNode
 from meter.sip.settings import SipSettings
 from meter.sip.tls import TlsSettings
 from tests.integration.conftest import Kamailio, need, run
-from tests.integration.peers import MeterProcess, free_port, stop_process, wait_until
+from tests.integration.peers import MeterProcess, async_wait_until, free_port, stop_process, wait_until
 from tests.integration.test_sip_baresip import Baresip
 from tests.integration.tlsca import TestCA
 
@@ -362,7 +362,7 @@ def test_outbound_tls_upstream_is_verified_against_the_configured_ca(tmp_path):
 
 
 def test_tls_connections_meet_the_caps_and_a_silent_handshake_is_dropped(tmp_path):
-    # A TLS connection is counted against the per-address cap once its handshake is done; a
+    # TLS connections meet the per-address cap (refused at accept: the handshake never ends); a
     # client that never sends its ClientHello is dropped after handshake_timeout.
     ca = TestCA(tmp_path / "ca")
     leaf = ca.issue("node")
@@ -377,9 +377,9 @@ def test_tls_connections_meet_the_caps_and_a_silent_handshake_is_dropped(tmp_pat
             silent_r, _ = await asyncio.open_connection("127.0.0.1", node.tls_port)
             assert await asyncio.wait_for(silent_r.read(), 5) == b""  # no ClientHello: dropped
             kept = [await asyncio.open_connection("127.0.0.1", node.tls_port, ssl=context) for _ in range(3)]
-            over_r, _ = await asyncio.open_connection("127.0.0.1", node.tls_port, ssl=context)
-            assert await asyncio.wait_for(over_r.read(), 5) == b""  # the fourth from one address
-            assert node.stats()["tcp_refused_per_address"] == 1 and node.stats()["tcp_connections"] == 3
+            await refused_tls(node.tls_port, context)  # the fourth from one address
+            await async_wait_until(lambda: node.stats()["tcp_connections"] == 3, what="3 TLS connections")
+            assert node.stats()["tcp_refused_per_address"] == 1
             for _, writer in kept:
                 writer.close()
         finally:
@@ -387,3 +387,50 @@ def test_tls_connections_meet_the_caps_and_a_silent_handshake_is_dropped(tmp_pat
 
     run(scenario(), loop="uvloop")
     run(scenario(), loop="asyncio")
+
+
+def test_tls_handshakes_in_progress_count_against_the_caps(tmp_path):
+    # Issue 10, item 4: a handshake holds a descriptor from accept, so the caps count it from
+    # there; clients that connect and never say ClientHello cannot hold descriptors beyond the
+    # per-address cap, and their places come back when handshake_timeout drops them.
+    ca = TestCA(tmp_path / "ca")
+    leaf = ca.issue("node")
+    tls = TlsSettings(enabled=True, port=0, certificate=str(leaf.certificate), key=str(leaf.key),
+                      handshake_timeout=1.0)
+    context = ssl.create_default_context(cafile=str(ca.ca))
+
+    async def scenario():
+        node = SipNode(SipSettings(host="127.0.0.1", port=0, tcp_max_connections_per_address=2), tls=tls)
+        await node.start()
+        try:
+            silent = [await asyncio.open_connection("127.0.0.1", node.tls_port) for _ in range(2)]
+            await asyncio.sleep(0.2)  # both accepted: two handshakes in progress
+            over_r, _ = await asyncio.open_connection("127.0.0.1", node.tls_port)
+            assert await asyncio.wait_for(over_r.read(), 5) == b""  # refused at accept
+            assert node.stats()["tcp_refused_per_address"] == 1
+            for reader, _ in silent:  # handshake_timeout drops them...
+                assert await asyncio.wait_for(reader.read(), 5) == b""
+            # ...and gives their places back: two real TLS clients now get in.
+            kept = [await asyncio.open_connection("127.0.0.1", node.tls_port, ssl=context) for _ in range(2)]
+            await async_wait_until(lambda: node.stats()["tcp_connections"] == 2, what="2 TLS connections")
+            for _, writer in kept + silent:
+                writer.close()
+        finally:
+            await node.close()
+
+    run(scenario(), loop="uvloop")
+    run(scenario(), loop="asyncio")
+
+
+async def refused_tls(port: int, context: ssl.SSLContext) -> None:
+    """A TLS connection the node refuses: closed at accept, so the handshake (or the first read,
+    if the client's side of the handshake finished first) ends in a reset or an EOF."""
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
+    except (ConnectionError, ssl.SSLError):
+        return
+    try:
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+    except (ConnectionError, ssl.SSLError):
+        pass
+    writer.close()
