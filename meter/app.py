@@ -31,6 +31,7 @@ class Node:
         self.pool_sync = None
         self.ras = None
         self.state = None  # bindings and calls written behind, restored at start (meter.store.sip_state)
+        self.smart = None  # meter.smart.agent.SmartAgent
         self._ticker: asyncio.Task | None = None
 
     async def start(self) -> None:
@@ -41,6 +42,13 @@ class Node:
         from meter.sip.node import SipNode
 
         self.metering = build_metering(self.config, time.time())
+        from meter.smart.agent import SmartAgent
+
+        # Smart Licensing (S1-S14): idle in PAK mode, follows `meter mode smart` at once.
+        self.smart = SmartAgent(self.config.smart, self.metering.licensing, self.metering)
+        self.metering.smart = self.smart
+        self.metering.refresh_licenses(time.time())
+        await self.smart.start()
         if self.config.cluster.store == "redis":
             from meter.cluster.sync import PoolSync
 
@@ -112,6 +120,8 @@ class Node:
             await self.ras.close()
         if self.admin:
             await self.admin.close()
+        if self.smart:
+            await self.smart.close()
         if self.metering:
             self.metering.close()
         if self.pool_sync:  # after the releases, so the last publish shows this node's usage at zero
@@ -186,6 +196,12 @@ async def serve(config: Config, started: asyncio.Event | None = None) -> None:
 
 def main(config: Config) -> int:
     logs.configure(config.log.level, config.log.json)
+    from meter.smart.startup import refusal
+
+    refused = refusal(config, time.time())  # L4, S1
+    if refused:
+        log_event(log, "node.cannot_start", level=logging.ERROR, error=refused)
+        return 2
     try:
         import uvloop
     except ImportError:  # the node also runs on the default loop, slower

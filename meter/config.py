@@ -91,6 +91,7 @@ def _section_types() -> dict[str, type]:
     from meter.sip.auth.settings import AuthSettings
     from meter.store.state import StateSettings
     from meter.zones import ZoneSettings
+    from meter.smart.settings import SmartSettings
 
     return {
         "node": NodeSettings,
@@ -104,6 +105,7 @@ def _section_types() -> dict[str, type]:
         "admin": AdminSettings,
         "log": LogSettings,
         "state": StateSettings,
+        "smart": SmartSettings,
         "zones": list[ZoneSettings],
     }
 

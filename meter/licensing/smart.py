@@ -314,8 +314,9 @@ class SmartMachine:
                 state = {"authorized": TAG_AUTHORIZED, "out_of_compliance": TAG_OUT_OF_COMPLIANCE,
                          "invalid": TAG_INVALID, "invalid_tag": TAG_INVALID_TAG,
                          "not_authorized": TAG_NOT_AUTHORIZED}.get(row.get("status", ""), TAG_INVALID)
-            rows[lic] = {"tag": tag, "in_use": int(in_use.get(lic, 0)),
-                         "authorized": None if row is None else row.get("authorized"), "status": state}
+            rows[lic] = {"tag": tag, "in_use": in_use.get(lic, 0),
+                         "authorized": None if row is None else row.get("authorized"),
+                         "pool": None if row is None else row.get("pool"), "status": state}
         for tag, row in self.s.tags.items():  # a tag the manager knows and the node does not
             if tag not in LICENSE_FOR_TAG:
                 rows[tag] = {"tag": tag, "in_use": 0, "authorized": row.get("authorized"), "status": TAG_INVALID_TAG}
@@ -452,12 +453,13 @@ class SmartMachine:
                 row = self.s.tags.get(tag)
                 if row is None:
                     continue
-                authorized = int(row.get("authorized", 0))
                 if row.get("status") == "out_of_compliance":
-                    # Out of compliance warns and blocks nothing: what is in use stays within capacity.
+                    # Out of compliance warns and blocks nothing (the guide documents no block).
                     capacity[lic] = UNLIMITED
                 else:
-                    capacity[lic] = authorized  # P6: what the virtual account's pool authorizes
+                    # P6: the virtual account's pool (the manager's `pool`; `authorized` if it does
+                    # not say, which is this instance's share of what is in use).
+                    capacity[lic] = int(row.get("pool", row.get("authorized", 0)))
             if self.s.auth_status == "out_of_compliance":
                 short = sorted(t for t, r in self.s.tags.items() if r.get("status") == "out_of_compliance")
                 alarms[ALARM_OUT_OF_COMPLIANCE] = ("S6", "warning", "Smart Licensing out of compliance: not "

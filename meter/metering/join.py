@@ -83,13 +83,27 @@ class Metering:
         self._key_rows: list | None = None
         # meter.store.state.StateJournal: SIP registrations and calls written behind (principle 5).
         self.journal = None
+        # meter.smart.agent.SmartAgent: in Smart mode, what the ledger may charge (P6, S2).
+        self.smart = None
+        self._mode: str | None = None
+        self._smart_applied: tuple | None = None
 
     # ---- licenses ----------------------------------------------------------------------
 
     def refresh_licenses(self, now: float) -> None:
-        """Feed the ledger the quantities of the option keys in force (K1, K5: demo keys expire)."""
+        """Feed the ledger the quantities of the option keys in force (K1, K5: demo keys expire), or
+        in Smart mode what Smart Licensing says (P6, S2; L3: keys count for nothing)."""
         if self.licensing is None:
             return
+        self._mode = self.licensing.license_mode
+        if self.licensing.smart:
+            self._next_key_change = None
+            if self.smart is not None:
+                self.smart.apply(now)
+            else:  # no agent (pure tests, CLI): nothing granted by keys, nothing by Smart yet
+                self.ledger.set_licenses({}, now)
+            return
+        self.ledger.block_registrations("")
         grants = self.licensing.grants(now)
         self.ledger.set_licenses(grants.quantities, now)
         self._next_key_change = self.licensing.next_change(now)
@@ -99,7 +113,21 @@ class Metering:
                       hint="every registration and RMS call will be refused: install option keys "
                            "(meter xconfiguration option 1 key ...) or set [licensing] enforcement = \"observe\"")
 
+    def apply_smart(self, effects, now: float) -> None:
+        """Smart mode: the capacity per pooled license (P6) and the S2 block on new registrations."""
+        key = (tuple(sorted(effects.capacity.items())), effects.block_registrations)
+        self.ledger.set_licenses(effects.capacity, now)  # also the heartbeat of this node's share
+        self.ledger.block_registrations(effects.block_registrations)
+        if key != self._smart_applied:
+            self._smart_applied = key
+            log_event(log, "licenses.smart_in_force", capacity=dict(effects.capacity),
+                      block_registrations=effects.block_registrations)
+
     def _reload_keys(self, now: float) -> None:
+        if self.licensing.license_mode != self._mode:  # `meter mode smart` on a running node: at once
+            if self.smart is not None:
+                self.smart.mode_changed(now)
+            self.refresh_licenses(now)
         rows = self.licensing.store.key_rows()
         if rows == self._key_rows:
             return
