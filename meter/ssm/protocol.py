@@ -64,7 +64,9 @@ class Protocol:
             if route == "renew-id":
                 return 200, self._renew_id(instance, request)
             if route == "authorize":
-                return 200, self.state.authorize(instance.instance_id, check_usage(request.get("usage")), self.clock)
+                hostname = _text(request, "hostname", limit=253) if "hostname" in request else None
+                return 200, self.state.authorize(instance.instance_id, check_usage(request.get("usage")), self.clock,
+                                                 hostname)
             if route == "usage":
                 now = self.clock.now()
                 self.state.report_usage(instance.instance_id, check_usage(request.get("usage")), now)

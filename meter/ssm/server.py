@@ -48,7 +48,11 @@ def build_app(settings: SsmSettings, state: State, ca: CertificateAuthority, tok
     app = web.Application(client_max_size=MAX_BODY)
 
     async def smart(request: web.Request) -> web.Response:
-        body = await request.read()
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            error = SmartError("bad_request", f"body larger than {MAX_BODY} bytes")
+            return web.json_response(error.body(), status=413)
         status, answer = protocol.handle(request.method, request.path, request.headers, body)
         code = answer["error"]["code"] if status != 200 else "ok"
         log.info("%s %s instance=%s -> %d %s", request.method, request.path,

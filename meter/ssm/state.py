@@ -263,12 +263,14 @@ class State:
             self.db.execute("UPDATE instances SET last_contact = ?, usage_reported_at = ? WHERE instance_id = ?",
                             (now, now, instance_id))
 
-    def authorize(self, instance_id: str, usage: dict[str, float], clock: Clock) -> dict:
+    def authorize(self, instance_id: str, usage: dict[str, float], clock: Clock, hostname: str | None = None) -> dict:
         """Record the usage and answer with the compliance of each requested tag (contract C
         authorize; S6, S10): a tag is out of compliance when every instance of the virtual account
         together uses more than its pool holds. Authorization lasts 90 days, renewed after 30 (S7)."""
         now = clock.now()
         self.report_usage(instance_id, usage, now)
+        if hostname:
+            self.db.execute("UPDATE instances SET hostname = ? WHERE instance_id = ?", (hostname, instance_id))
         instance = self.instance(instance_id)
         compliance = self.compliance(instance.virtual_account, now)
         tags = {}
@@ -277,7 +279,11 @@ class State:
             others = pool["in_use"] - requested
             authorized = min(requested, max(0, pool["quantity"] - others))
             status = "out_of_compliance" if requested > 0 and pool["status"] == "out_of_compliance" else "authorized"
-            tags[tag] = {"requested": _number(requested), "authorized": _number(authorized), "status": status}
+            # Beyond contract C's three fields, what P6 needs: the virtual account's valid pool
+            # (the node's capacity in Smart mode), its total use, and what is left for this instance.
+            tags[tag] = {"requested": _number(requested), "authorized": _number(authorized), "status": status,
+                         "pool": pool["quantity"], "in_use": pool["in_use"],
+                         "capacity": _number(max(0, pool["quantity"] - others))}
         overall = "out_of_compliance" if any(t["status"] == "out_of_compliance" for t in tags.values()) else "authorized"
         expires_at, renew_after = now + clock.span(90), now + clock.span(30)
         self.db.execute("UPDATE instances SET authorized_at = ?, authorization_expires_at = ? WHERE instance_id = ?",

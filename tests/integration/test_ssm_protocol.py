@@ -167,7 +167,8 @@ def test_s3_s7_s12_register_authorize_usage_compliance_and_s8_deregister(lab):
         status, auth = await first.post("authorize", {"usage": {"EXPWY_RMS": 3, "EXPWY_ROOM": 1}, "hostname": "expe-1.lab"})
         assert status == 200, auth
         assert auth["status"] == "authorized"
-        assert auth["tags"]["EXPWY_RMS"] == {"requested": 3, "authorized": 3, "status": "authorized"}
+        assert auth["tags"]["EXPWY_RMS"] == {"requested": 3, "authorized": 3, "status": "authorized",
+                                             "pool": 5, "in_use": 3, "capacity": 5}
         assert auth["expires_at"] - auth["authorized_at"] == pytest.approx(90 * 86400 / TIME_FACTOR)
         assert auth["renew_after"] - auth["authorized_at"] == pytest.approx(30 * 86400 / TIME_FACTOR)
 
@@ -176,7 +177,8 @@ def test_s3_s7_s12_register_authorize_usage_compliance_and_s8_deregister(lab):
         assert status == 200 and accepted["accepted_at"] > 0
         status, auth = await first.post("authorize", {"usage": {"EXPWY_RMS": 3, "EXPWY_ROOM": 1}, "hostname": "expe-1.lab"})
         assert auth["status"] == "out_of_compliance"
-        assert auth["tags"]["EXPWY_RMS"] == {"requested": 3, "authorized": 1, "status": "out_of_compliance"}
+        assert auth["tags"]["EXPWY_RMS"] == {"requested": 3, "authorized": 1, "status": "out_of_compliance",
+                                             "pool": 5, "in_use": 7, "capacity": 1}
         assert auth["tags"]["EXPWY_ROOM"]["status"] == "authorized"
         shown = json.loads(meter("ssm", "show", "--state", str(lab.state)))
         pools = next(a for a in shown["accounts"] if a["virtual_account"] == va)["pools"]
