@@ -1,7 +1,7 @@
 """How the agent reaches the Smart Software Manager (S4, contract C): JSON over HTTPS.
 
 Direct: ``[smart] direct_url``. On-Prem: ``https://host[:port]/SmartTransport``. Proxy: Direct
-through an HTTP CONNECT proxy with basic authentication (aiohttp's ``proxy=`` and ``proxy_auth=``).
+through an HTTP CONNECT proxy with basic authentication (aiohttp's ``proxy=`` with a Proxy-Authorization header: ``proxy_auth=`` is deprecated in aiohttp 3.14).
 Every failure becomes a ``SmartError`` whose text a lab can act on: who could not be reached and
 how, which certificate issuer was not trusted, which host the certificate was not for, what the
 manager refused and why.
@@ -33,7 +33,8 @@ MANAGER_ERRORS = {
     "bad_signature": "the manager could not verify this node's signature: register again with a token",
     "bad_request": "the manager refused the request as malformed",
 }
-X509_HOSTNAME_MISMATCH = 62  # OpenSSL X509_V_ERR_HOSTNAME_MISMATCH
+# OpenSSL X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
+X509_HOST_MISMATCH = frozenset({62, 64})
 
 
 class SmartError(Exception):
@@ -54,8 +55,11 @@ class Transport:
     proxy_password: str = ""
 
     @property
-    def proxy_auth(self) -> aiohttp.BasicAuth | None:
-        return aiohttp.BasicAuth(self.proxy_user, self.proxy_password) if self.proxy_user else None
+    def proxy_headers(self) -> dict[str, str] | None:
+        """Basic authentication to the proxy (RFC 7235 Proxy-Authorization on the CONNECT)."""
+        if not self.proxy_user:
+            return None
+        return {"Proxy-Authorization": aiohttp.encode_basic_auth(self.proxy_user, self.proxy_password)}
 
     def describe(self) -> str:
         if self.kind == "proxy":
@@ -123,7 +127,7 @@ async def post(session: aiohttp.ClientSession, transport: Transport, endpoint: s
     where = transport.describe()
     try:
         async with session.post(url, data=body, headers=headers, ssl=context, proxy=transport.proxy,
-                                proxy_auth=transport.proxy_auth,
+                                proxy_headers=transport.proxy_headers,
                                 timeout=aiohttp.ClientTimeout(total=timeout)) as reply:
             text = await reply.text()
             try:
@@ -138,8 +142,9 @@ async def post(session: aiohttp.ClientSession, transport: Transport, endpoint: s
     except SmartError:
         raise
     except aiohttp.ClientHttpProxyError as exc:
-        what = ("the proxy wants credentials: check the proxy user name and password"
-                if exc.status == 407 else f"the proxy answered {exc.status} {exc.message}")
+        # 407 is the standard answer; tinyproxy's BasicAuth answers 401.
+        what = (f"the proxy wants credentials ({exc.status}): check the proxy user name and password"
+                if exc.status in (401, 407) else f"the proxy answered {exc.status} {exc.message}")
         raise SmartError("proxy", f"proxy {transport.proxy} refused the connection: {what}") from None
     except aiohttp.ClientConnectorCertificateError as exc:
         raise await _tls_error(exc, session, transport, url) from None
@@ -177,7 +182,7 @@ async def _tls_error(exc: aiohttp.ClientConnectorCertificateError, session: aioh
     """Name the issuer of the certificate that was not trusted, or the host it was not for."""
     cert = exc.certificate_error
     host = urlsplit(url).hostname
-    if getattr(cert, "verify_code", None) == X509_HOSTNAME_MISMATCH:
+    if getattr(cert, "verify_code", None) in X509_HOST_MISMATCH:
         return SmartError("tls_host", f"certificate host mismatch: the manager's certificate is not valid for "
                                       f"{host!r} ({getattr(cert, 'verify_message', cert)}); use the name it was issued for")
     issuer, subject = await _peer_names(session, transport, url)
@@ -188,14 +193,33 @@ async def _tls_error(exc: aiohttp.ClientConnectorCertificateError, session: aioh
 
 
 async def _peer_names(session: aiohttp.ClientSession, transport: Transport, url: str) -> tuple[str, str]:
-    """The issuer and subject of the certificate the far end presents (read without trusting it)."""
+    """The issuer and subject of the certificate the far end presents, read without trusting it
+    (through the proxy's CONNECT tunnel for the Proxy transport)."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "", parts.port or 443
+    insecure = ssl.create_default_context()
+    insecure.check_hostname, insecure.verify_mode = False, ssl.CERT_NONE
+    writer = None
     try:
-        async with session.get(url, ssl=False, proxy=transport.proxy, proxy_auth=transport.proxy_auth,
-                               timeout=aiohttp.ClientTimeout(total=5)) as reply:
-            ssl_object = reply.connection.transport.get_extra_info("ssl_object") if reply.connection else None
-            der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
-    except (aiohttp.ClientError, asyncio.TimeoutError, AttributeError):
+        if transport.proxy:
+            proxy = urlsplit(transport.proxy)
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(proxy.hostname, proxy.port), 5)
+            extra = "".join(f"{k}: {v}\r\n" for k, v in (transport.proxy_headers or {}).items())
+            writer.write(f"CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n{extra}\r\n".encode())
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            if b" 200" not in head.split(b"\r\n", 1)[0]:
+                return "an unknown issuer", "unknown"
+            await asyncio.wait_for(writer.start_tls(insecure, server_hostname=host), 5)
+        else:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(host, port, ssl=insecure, server_hostname=host), 5)
+        ssl_object = writer.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object else None
+    except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ssl.SSLError):
         der = None
+    finally:
+        if writer is not None:
+            writer.close()
     if not der:
         return "an unknown issuer", "unknown"
     cert = x509.load_der_x509_certificate(der)
