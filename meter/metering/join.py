@@ -24,6 +24,7 @@ from meter.licensing.devices import DeviceCatalog
 from meter.licensing.ledger import ENFORCE, Decision, Ledger
 from meter.licensing.model import Kind, License, Media
 from meter.licensing.registrations import RegistrationCharge, RegistrationFacts, classify_registration
+from meter.licensing.usage import UsageMeter
 from meter.logs import log_event
 from meter.zones import ZoneSettings, ZoneTable
 
@@ -68,11 +69,16 @@ class CallRecord:
 class Metering:
     def __init__(self, ledger: Ledger, catalog: DeviceCatalog, zones: ZoneTable, *, role: str,
                  node_name: str, sip_mode: str = "standalone", licensing=None,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, usage_history=None):
         self.ledger, self.catalog, self.zones = ledger, catalog, zones
         self.role, self.node_name, self.sip_mode = role, node_name, sip_mode
         self.licensing = licensing  # NodeLicensing (durable keys, license mode), None in pure tests
         self.clock = clock
+        # Peaks at every charge (meter.licensing.usage), for the API, metrics and the history.
+        self.usage: UsageMeter = ledger.usage if ledger.usage is not None \
+            else ledger.attach_usage(UsageMeter(node_name, clock()))
+        # meter.store.usage_history.UsageHistory: per-minute buckets, written from tick; None in pure tests.
+        self.usage_history = usage_history
         self.registrations: dict[tuple[str, str], RegistrationRecord] = {}
         self.calls: dict[tuple[str, str], CallRecord] = {}
         # SIP AOR by "user" and "user@host": how an H.323 alias finds a SIP registration (C9).
