@@ -74,6 +74,8 @@ class UsageMeter:
         self._call_peaks: dict[str, _Peak] = {cls: _Peak() for cls in CALL_CLASSES}
         self.reset_at: float | None = None
         self.window_start = now
+        # Moves whenever a peak moves (rarely): the node writes the peaks at its next tick.
+        self.peak_changes = 0
 
     # ---- the ledger's hooks (hot path) -----------------------------------------------------
 
@@ -83,6 +85,7 @@ class UsageMeter:
         u.current = units
         if units > u.since_reset.value:  # the since-reset peak is never above the all-time one
             u.since_reset.value, u.since_reset.at = units, now
+            self.peak_changes += 1
             if units > u.peak.value:
                 u.peak.value, u.peak.at = units, now
         if units > u.win_max:
@@ -94,6 +97,7 @@ class UsageMeter:
             u.win_cluster_max = cluster
             if cluster > u.cluster_peak.value:
                 u.cluster_peak.value, u.cluster_peak.at = cluster, now
+                self.peak_changes += 1
 
     def call_changed(self, media: str, sign: int, now: float) -> None:
         """One call of class ``media`` began (+1) or ended (-1); settling is an end and a begin."""
@@ -105,6 +109,7 @@ class UsageMeter:
         peak = self._call_peaks[cls]
         if count > peak.value:
             peak.value, peak.at = count, now
+            self.peak_changes += 1
 
     def refusal(self, license: str, observed: bool) -> None:
         """A charge of ``license`` did not fit: refused (enforce) or let through (observe)."""
@@ -117,6 +122,7 @@ class UsageMeter:
         else:
             u.refused += 1
             u.win_refused += 1
+        self.peak_changes += 1  # the counts are saved with the peaks
 
     # ---- the ledger's tick -----------------------------------------------------------------
 
@@ -127,6 +133,7 @@ class UsageMeter:
         cluster = u.current + elsewhere_units
         if cluster > u.cluster_peak.value:
             u.cluster_peak.value, u.cluster_peak.at = cluster, now
+            self.peak_changes += 1
         if cluster > u.win_cluster_max:
             u.win_cluster_max = cluster
 
@@ -135,6 +142,7 @@ class UsageMeter:
     def reset_peaks(self, now: float) -> None:
         """The operator's reset: the since-reset peaks start again from the current values."""
         self.reset_at = now
+        self.peak_changes += 1
         for u in self._lic.values():
             u.since_reset.value, u.since_reset.at = u.current, now
 
