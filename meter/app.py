@@ -101,6 +101,8 @@ class Node:
             self._ticker.cancel()
         if self.state:  # written before the shutdown's releases, which a restart must not see
             self.state.close()
+        if self.metering:  # likewise the usage history's current minute and the peaks
+            self.metering.flush_usage(self.metering.clock())
         if self.sip:
             await self.sip.close()  # ends every call and binding: releases all charges (principle 4)
         if self.ras:
@@ -119,8 +121,10 @@ def build_metering(config: Config, now: float):
     chooses (memory, or Redis shared with the peers), the ledger over both, and the metering join."""
     from meter import catalogs
     from meter.licensing.ledger import Ledger
+    from meter.licensing.usage import UsageMeter
     from meter.metering.join import Metering
     from meter.store.node_licensing import NodeLicensing
+    from meter.store.usage_history import UsageHistory
     from meter.zones import ZoneTable
 
     node, cluster = config.node, config.cluster
@@ -134,10 +138,17 @@ def build_metering(config: Config, now: float):
         from meter.licensing.pool import MemoryPool
 
         pool = MemoryPool(peer_timeout=cluster.peer_timeout)
+    history = UsageHistory(node.state_dir, config.usage)
+    usage = UsageMeter(node.name, now)
+    saved = history.load_peaks()
+    if saved is not None:  # the peaks of the previous runs, with their instants
+        usage.restore(saved)
+    history.maintain(now)
     ledger = Ledger(node.name, node.role, catalogs.platform(node.platform), pool=pool,
-                    enforcement=config.licensing.enforcement, alarms=licensing.alarms, now=now)
+                    enforcement=config.licensing.enforcement, alarms=licensing.alarms, now=now, usage=usage)
     metering = Metering(ledger, catalogs.device_catalog(), ZoneTable(config.zones), role=node.role,
-                        node_name=node.name, sip_mode=config.sip.mode, licensing=licensing)
+                        node_name=node.name, sip_mode=config.sip.mode, licensing=licensing,
+                        usage_history=history)
     metering.refresh_licenses(now)
     return metering
 

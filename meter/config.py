@@ -100,6 +100,7 @@ def _section_types() -> dict[str, type]:
     from meter.sip.tls import TlsSettings
     from meter.sip.auth.settings import AuthSettings
     from meter.store.state import StateSettings
+    from meter.store.usage_history import UsageSettings
     from meter.zones import ZoneSettings
 
     return {
@@ -114,6 +115,7 @@ def _section_types() -> dict[str, type]:
         "admin": AdminSettings,
         "log": LogSettings,
         "state": StateSettings,
+        "usage": UsageSettings,
         "zones": list[ZoneSettings],
     }
 
