@@ -41,6 +41,8 @@ def _add_admin_commands(sub) -> None:
     add_listing_commands(sub)
     add_users_commands(sub)
     add_ssm_commands(sub)
+    from meter.smart.cli import add_commands as add_smart_commands  # meter smart ... (S1-S14)
+    add_smart_commands(sub)
 
 
 def _embedded() -> str:

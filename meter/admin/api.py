@@ -19,7 +19,7 @@ from urllib.parse import parse_qs
 from aiohttp import web
 
 from meter import __version__
-from meter.admin import metrics, openapi, rules
+from meter.admin import metrics, openapi, rules, smart_api
 from meter.admin.http import ACCESS, Access, ApiError, application, error_response, json_response, read_json
 from meter.admin.paging import CursorError, page, parse_cursor
 from meter.licensing.model import POOLED, UNIT_SCALE
@@ -30,7 +30,7 @@ log = logging.getLogger("meter.admin")
 
 # Route modules beside this one, each with ``add_routes(app, node)`` and ``OPENAPI_PATHS``: one line
 # adds one (branch `smart` adds ``meter.admin.smart_api``).
-EXTENSIONS: tuple = ()
+EXTENSIONS: tuple = (smart_api,)
 
 # Page path -> file in meter/admin/pages/ (the nav bar is in pages/meter.js).
 PAGES = {

@@ -6,6 +6,7 @@
 const NAV = [
   ["/", "Resource usage"], ["/registrations", "Registrations"], ["/calls", "Calls"],
   ["/option-keys", "Option keys"], ["/alarms", "Alarms"], ["/history", "Usage history"],
+  ["/smart", "Smart Licensing"],
 ];
 const TOKEN_KEY = "meter-admin-token";
 
