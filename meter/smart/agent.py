@@ -48,6 +48,8 @@ class SmartAgent:
         self._lock = asyncio.Lock()
         self._task: asyncio.Task | None = None
         self._mode = licensing.license_mode
+        if self.active:  # a state switched to Smart without a start time: the evaluation starts now (S1)
+            self.machine.start_evaluation(clock())
 
     # ---- life cycle ---------------------------------------------------------------------
 
