@@ -87,7 +87,7 @@ class SmartAgent:
             return
         action, at = self.machine.next_action(now)
         if action is not None and at <= now:
-            await self.perform(action)
+            await self.perform(action, scheduled=True)
             self.apply(self.clock())
 
     def mode_changed(self, now: float) -> None:
@@ -194,10 +194,15 @@ class SmartAgent:
 
     # ---- the actions ----------------------------------------------------------------------
 
-    async def perform(self, action: str) -> dict:
-        """Do ``action`` against the manager; feed the result to the machine; the outcome."""
+    async def perform(self, action: str, *, scheduled: bool = False) -> dict:
+        """Do ``action`` against the manager; feed the result to the machine; the outcome.
+        ``scheduled``: the loop's own; skipped when an administrator's action did it meanwhile."""
         async with self._lock:
             now = self.clock()
+            if scheduled:
+                due, at = self.machine.next_action(now)
+                if due != action or at is None or at > now:
+                    return {"ok": True, "action": action, "skipped": True}
             try:
                 if action == smart.REGISTER:
                     await self._register(now)

@@ -90,9 +90,9 @@ def _fail(message: str) -> int:
 
 
 def _reach(fn):
-    def run(args) -> int:
+    def run(args, *rest) -> int:
         try:
-            return fn(args)
+            return fn(args, *rest)
         except (urllib.error.URLError, OSError) as exc:
             return _fail(f"cannot reach the node's admin API at {args.admin}: {exc}")
     return run
