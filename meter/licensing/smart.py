@@ -457,9 +457,10 @@ class SmartMachine:
                     # Out of compliance warns and blocks nothing (the guide documents no block).
                     capacity[lic] = UNLIMITED
                 else:
-                    # P6: the virtual account's pool (the manager's `pool`; `authorized` if it does
-                    # not say, which is this instance's share of what is in use).
-                    capacity[lic] = int(row.get("pool", row.get("authorized", 0)))
+                    # P6: what the virtual account's pool leaves this instance once the other
+                    # instances' reports are served (the manager's `capacity`), else the pool,
+                    # else what was authorized.
+                    capacity[lic] = int(row.get("capacity", row.get("pool", row.get("authorized", 0))))
             if self.s.auth_status == "out_of_compliance":
                 short = sorted(t for t, r in self.s.tags.items() if r.get("status") == "out_of_compliance")
                 alarms[ALARM_OUT_OF_COMPLIANCE] = ("S6", "warning", "Smart Licensing out of compliance: not "
@@ -472,6 +473,17 @@ class SmartMachine:
         """S1 as the X14.0.1 guide and the seed chapter say: no cluster configuration during the
         evaluation period (X15.3 allows it; docs/licensing-rules.md records the choice)."""
         return self.registered(now)
+
+
+def cluster_share(capacity: int, own_in_use: float, live_peers: int) -> int:
+    """Item 6 / P1 in Smart mode: every peer registers on its own and reports its own usage, and the
+    ledger sums the peers' contributions. For the sum to be the virtual account's room (not one
+    pool per peer), each peer contributes what it uses plus an equal share of what is left:
+    ``capacity`` is what the manager leaves this instance (pool - the others' reports)."""
+    if capacity >= UNLIMITED:
+        return capacity
+    headroom = max(0.0, capacity - own_in_use)
+    return int(own_in_use + headroom / max(1, live_peers))
 
 
 def _transport_key(transport: dict) -> tuple:

@@ -128,7 +128,10 @@ class SmartAgent:
                 alarms.clear(alarm_id, "cleared", now)
         if self.active and self.metering is not None:
             effects = self.effects(now)
-            self.metering.apply_smart(effects, now)
+            in_use = self.in_use()
+            live = sum(1 for p in self.metering.ledger.pool.peers(now) if p.alive) or 1
+            shares = {lic: smart.cluster_share(n, in_use.get(lic, 0), live) for lic, n in effects.capacity.items()}
+            self.metering.apply_smart(effects._replace(capacity=shares), now)
 
     # ---- the administrator's actions ------------------------------------------------------
 

@@ -372,3 +372,14 @@ def test_timers_are_settings_and_checked():
     m.request_registration("tok", T0)
     lab.run_until(T0 + 120)
     assert [t for t, a, ok in lab.log if a == REPORT_USAGE] == [T0, T0 + 60, T0 + 120]
+
+
+def test_p6_p1_cluster_peers_each_registered_share_the_virtual_accounts_room():
+    """P6 with P1 (issue 13 item 6): each peer contributes its usage and an equal share of what the
+    pool leaves, so the cluster's summed capacity is the virtual account's pool, not one per peer."""
+    pool, usage = 10, {"a": 3, "b": 2}
+    # the manager leaves each instance the pool less the other's report
+    shares = [smart.cluster_share(pool - usage["b"], usage["a"], 2), smart.cluster_share(pool - usage["a"], usage["b"], 2)]
+    assert sum(shares) <= pool and sum(shares) >= pool - 1  # whole licenses: at most one lost to rounding
+    assert smart.cluster_share(pool, 0, 1) == pool  # alone: the whole pool
+    assert smart.cluster_share(smart.UNLIMITED, 5, 3) == smart.UNLIMITED
