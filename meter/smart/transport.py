@@ -1,7 +1,8 @@
 """How the agent reaches the Smart Software Manager (S4, contract C): JSON over HTTPS.
 
 Direct: ``[smart] direct_url``. On-Prem: ``https://host[:port]/SmartTransport``. Proxy: Direct
-through an HTTP CONNECT proxy with basic authentication (aiohttp's ``proxy=`` with a Proxy-Authorization header: ``proxy_auth=`` is deprecated in aiohttp 3.14).
+through an HTTP CONNECT proxy with basic authentication (aiohttp's ``proxy=`` and a
+Proxy-Authorization header: ``proxy_auth=`` is deprecated in aiohttp 3.14).
 Every failure becomes a ``SmartError`` whose text a lab can act on: who could not be reached and
 how, which certificate issuer was not trusted, which host the certificate was not for, what the
 manager refused and why.

@@ -132,3 +132,13 @@ def test_smart_page_shows_status_registers_renews_and_deregisters(lab, tmp_path)
             browser.close()
     assert [e for e in errors if REFUSED not in e] == []
     assert manager.show()["instances"] == []
+
+
+def test_l4_meter_run_refuses_a_smart_state_under_product_vcs(tmp_path):
+    """L4: `meter run` on a state in Smart mode with `[node] product = "vcs"` stops with one line."""
+    node = MeterProcess(tmp_path / "node", node={"product": "vcs"})
+    node.meter_cli("mode", "smart", "--yes")  # the state says expressway until the node runs
+    done = subprocess.run([sys.executable, "-m", "meter", "run", "--config", str(node.config)],
+                          capture_output=True, text=True, timeout=60, cwd=node.workdir)
+    assert done.returncode == 2
+    assert "L4" in done.stdout + done.stderr and "vcs" in done.stdout + done.stderr
