@@ -216,13 +216,12 @@ class SmartMachine:
             self.s.registration = REG_PENDING
         self._schedule(REGISTER, now)
 
-    def set_transport(self, transport: dict, now: float, *, allow_while_registered: bool = False) -> None:
+    def set_transport(self, transport: dict, now: float) -> None:
         """S4: Direct, On-Prem or Proxy; refused while registered (deregister first)."""
         kind = transport.get("kind")
         if kind not in TRANSPORTS:
             raise ValueError(f"transport kind: expected one of {TRANSPORTS}, got {kind!r}")
-        if (self.registered(now) and not allow_while_registered
-                and _transport_key(transport) != _transport_key(self.s.transport)):
+        if self.registered(now) and _transport_key(transport) != _transport_key(self.s.transport):
             raise SmartRefused("S4", f"transport change ({self.s.transport.get('kind')} -> {kind}) refused "
                                      "while registered: deregister first")
         self.s.transport = dict(transport)
@@ -489,7 +488,3 @@ def cluster_share(capacity: int, own_in_use: float, live_peers: int) -> int:
 def _transport_key(transport: dict) -> tuple:
     return (transport.get("kind"), transport.get("url", ""), transport.get("host", ""), transport.get("port", 0))
 
-
-def capacity_from_pool(authorized: dict[str, int]) -> dict[str, int]:
-    """Tag counts (contract C) as pooled-license quantities."""
-    return {LICENSE_FOR_TAG[tag]: int(n) for tag, n in authorized.items() if tag in LICENSE_FOR_TAG}

@@ -5,9 +5,7 @@ lab can act on, each provoked for real (S3, S4, S7, S8, S9, S12, S13, S14)."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 import socket
-import threading
 
 import pytest
 
