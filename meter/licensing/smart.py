@@ -341,11 +341,13 @@ class SmartMachine:
                 retry_at = None  # a new token is needed: retrying the same one cannot help
             elif not self.registered(now):
                 self.s.registration = REG_PENDING
-        elif action == RENEW_ID and code == "unknown_instance":
-            # The manager no longer knows this instance (removed by hand): registration is gone.
+        elif code == "unknown_instance":
+            # The manager no longer knows this instance (removed there by hand, deregistered, or its
+            # ID certificate expired): the registration is gone; a token registers again.
             self._clear_registration(now)
             self.s.registration = REG_FAILED
             retry_at = None
+            self.s.attempts[REGISTER] = {"at": now, "ok": False, "error": error, "code": code, "next": None}
         elif action == REPORT_USAGE:
             self.s.usage_due = retry_at
         self.s.attempts[action] = {"at": now, "ok": False, "error": error, "code": code, "next": retry_at}

@@ -1,7 +1,7 @@
 """`meter smart ...`: Smart Licensing on the running node, through its admin API (contract B).
 
     meter smart status                      registration, authorization, evaluation, usage per license
-    meter smart register TOKEN [--onprem URL | --proxy HOST:PORT --proxy-user U --proxy-password P] [--reregister]
+    meter smart register TOKEN [--direct | --onprem URL | --proxy HOST:PORT --proxy-user U] [--reregister]
     meter smart renew-authorization         S7
     meter smart renew-registration          S7, S14 (sends the hostname)
     meter smart update-usage                S11
@@ -37,6 +37,7 @@ def add_commands(sub) -> None:
     actions.add_parser("status", parents=[common], help="registration, authorization, usage").set_defaults(func=cmd_status)
     register = actions.add_parser("register", parents=[common], help="register with a product-instance token (S3)")
     register.add_argument("token")
+    register.add_argument("--direct", action="store_true", help="Direct transport ([smart] direct_url; S4)")
     register.add_argument("--onprem", metavar="URL", help="On-Prem transport: https://host/SmartTransport (S4)")
     register.add_argument("--proxy", metavar="HOST:PORT", help="Proxy transport: the HTTP proxy (S4)")
     register.add_argument("--proxy-user", default="")
@@ -139,10 +140,12 @@ def print_status(s: dict) -> None:
 
 @_reach
 def cmd_register(args) -> int:
-    transport: dict = {"kind": "direct"}
-    if args.onprem and args.proxy:
-        return _fail("--onprem and --proxy: choose one transport (S4)")
-    if args.onprem:
+    transport: dict | None = None  # none given: the transport already chosen (Direct at first)
+    if sum(map(bool, (args.direct, args.onprem, args.proxy))) > 1:
+        return _fail("--direct, --onprem, --proxy: choose one transport (S4)")
+    if args.direct:
+        transport = {"kind": "direct"}
+    elif args.onprem:
         transport = {"kind": "onprem", "url": args.onprem}
     elif args.proxy:
         host, _, port = args.proxy.rpartition(":")
@@ -150,7 +153,10 @@ def cmd_register(args) -> int:
             return _fail(f"--proxy: expected HOST:PORT, got {args.proxy!r}")
         transport = {"kind": "proxy", "host": host, "port": int(port), "user": args.proxy_user,
                      "password": args.proxy_password}
-    return _action(args, "register", {"token": args.token, "transport": transport, "reregister": args.reregister})
+    body = {"token": args.token, "reregister": args.reregister}
+    if transport is not None:
+        body["transport"] = transport
+    return _action(args, "register", body)
 
 
 @_reach

@@ -6,12 +6,10 @@ from prometheus_client.core import GaugeMetricFamily
 
 from meter.licensing import smart
 
-DAY = smart.DAY
-
 
 def smart_families(node, now: float) -> list:
-    """Registration and authorization state (one series per state, 1 on the current one), days left
-    in evaluation and until authorization expiry, compliance per tag. Empty without an agent."""
+    """Registration and authorization state (one series per state, 1 on the current one), the time
+    left in evaluation and until authorization expiry, compliance per tag. Empty without an agent."""
     agent = getattr(node, "smart", None)
     if agent is None:
         return []
@@ -24,15 +22,16 @@ def smart_families(node, now: float) -> list:
                                       "1 on the node's Smart Licensing authorization state (S6).", labels=["state"])
     for state in smart.AUTHORIZATION_STATES:
         authorization.add_metric([state], 1.0 if view["authorization"]["status"] == state else 0.0)
-    evaluation = GaugeMetricFamily("meter_smart_evaluation_days_left",
-                                   "Days left in the Smart Licensing evaluation period (S1).")
-    evaluation.add_metric([], view["evaluation"]["days_left"])
+    # Seconds, Prometheus' base unit (promtool check metrics); dashboards divide by 86400 for days.
+    evaluation = GaugeMetricFamily("meter_smart_evaluation_remaining_seconds",
+                                   "Time left in the Smart Licensing evaluation period (S1).")
+    evaluation.add_metric([], agent.machine.evaluation_left(now))
     families = [registration, authorization, evaluation]
     expires = view["authorization"]["expires_at"]
     if expires is not None:
-        until = GaugeMetricFamily("meter_smart_authorization_days_left",
-                                  "Days until the Smart authorization expires without contact (S7).")
-        until.add_metric([], round(max(0.0, expires - now) / DAY, 3))
+        until = GaugeMetricFamily("meter_smart_authorization_remaining_seconds",
+                                  "Time until the Smart authorization expires without contact (S7).")
+        until.add_metric([], max(0.0, expires - now))
         families.append(until)
     compliance = GaugeMetricFamily("meter_smart_tag_compliant",
                                    "1 when a license tag is authorized, 0 otherwise, with its S10 status.",

@@ -383,3 +383,16 @@ def test_p6_p1_cluster_peers_each_registered_share_the_virtual_accounts_room():
     assert sum(shares) <= pool and sum(shares) >= pool - 1  # whole licenses: at most one lost to rounding
     assert smart.cluster_share(pool, 0, 1) == pool  # alone: the whole pool
     assert smart.cluster_share(smart.UNLIMITED, 5, 3) == smart.UNLIMITED
+
+
+def test_s5_s9_an_instance_the_manager_no_longer_knows_is_registration_failed_not_retried():
+    """S5/S9: `unknown_instance` (removed in the manager by hand, or its certificate expired there):
+    the registration is gone, the state says registration failed, and nothing retries it."""
+    m = SmartMachine()
+    lab = Lab(m)
+    m.request_registration("tok", T0)
+    lab.run_until(T0 + 1)
+    assert m.failed(AUTHORIZE, "unknown_instance: register again", T0 + 2, code="unknown_instance") is None
+    assert m.registration_state(T0 + 2) == smart.REG_FAILED and not m.s.instance_id
+    assert m.next_action(T0 + 2) == (None, None)
+    assert "unknown_instance" in m.effects(T0 + 2).alarms[smart.ALARM_REG_FAILING][2]
