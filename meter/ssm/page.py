@@ -43,6 +43,7 @@ def render_page(overview: dict) -> str:
     instances = [[_cell(i["instance_id"]), _cell(i["hostname"]), _cell(i["serial"]), _cell(i["virtual_account"]),
                   _cell(_when(i["last_contact"])), _cell(_when(i["usage_reported_at"])),
                   _cell(", ".join(f"{tag} {count}" for tag, count in i["usage"].items()) or "none"),
+                  _cell(i["authorization"].replace("_", " "), i["authorization"]),
                   _cell(_when(i["id_cert_expires_at"]))] for i in overview["instances"]]
     tokens = [[_cell(t["token"][:TOKEN_SHOWN] + "…"), _cell(t["virtual_account"]), _cell(_when(t["expires_at"])),
                _cell(f"{t['uses']}/{t['max_uses'] if t['max_uses'] is not None else '∞'}"),
@@ -55,6 +56,6 @@ def render_page(overview: dict) -> str:
         accounts=_table(["smart account", "virtual account", "tag", "purchased", "ends", "valid", "in use",
                          "available", "compliance"], pools, "No account yet: meter ssm account add SA VA"),
         instances=_table(["instance", "hostname", "serial", "virtual account", "last contact", "usage reported",
-                          "usage", "ID cert expires"], instances, "No product instance registered."),
+                          "usage", "authorization", "ID cert expires"], instances, "No product instance registered."),
         tokens=_table(["token", "virtual account", "expires", "uses", "export controlled", "status"], tokens,
                       "No token: meter ssm token create VA"))

@@ -241,11 +241,16 @@ class State:
             raise SmartError("unknown_instance", f"no registered product instance {instance_id!r}")
         return Instance(**{**dict(row), "export_controlled": bool(row["export_controlled"])})
 
-    def instances(self) -> list[dict]:
+    def instances(self, now: float | None = None) -> list[dict]:
         out = []
         for row in self.db.execute("SELECT * FROM instances WHERE deregistered_at IS NULL ORDER BY registered_at"):
             item = {key: row[key] for key in row.keys() if key not in ("id_cert_pem", "deregistered_at")}
             item["export_controlled"] = bool(row["export_controlled"])
+            if now is not None:  # S6, S7: as the manager sees it (90 days without contact lapse it)
+                expires = row["authorization_expires_at"]
+                item["authorization"] = ("not_authorized" if expires is None
+                                         else "authorized" if now < expires else "authorization_expired")
+                item["registration"] = "registered" if now < row["id_cert_expires_at"] else "registration_expired"
             item["usage"] = self.usage_of(row["instance_id"])
             out.append(item)
         return out
@@ -343,7 +348,7 @@ class State:
         for account in self.accounts():
             accounts.append({**account, "pools": self.compliance(account["virtual_account"], now)})
         return {"at": now, "time_factor": clock.time_factor, "clock_offset": clock.clock_offset,
-                "accounts": accounts, "instances": self.instances(), "tokens": self.tokens(clock)}
+                "accounts": accounts, "instances": self.instances(now), "tokens": self.tokens(clock)}
 
 
 class _Transaction:

@@ -360,3 +360,16 @@ def test_the_manager_answers_stray_requests_with_a_json_error_and_keeps_serving(
         assert error_code(await Agent(session, lab.base).register("still-serving")) == "token_invalid"
 
     run(lab, scenario)
+
+
+def test_serve_says_why_it_cannot_listen(lab, tmp_path):
+    port = lab.base.split(":")[2].split("/")[0]
+    config = tmp_path / "taken.toml"
+    config.write_text(f'[ssm]\nstate_dir = "{lab.state}"\nport = {port}\n')
+    done = subprocess.run([sys.executable, "-m", "meter", "ssm", "serve", "--config", str(config)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in done.stderr, done.stderr
+    config.write_text('[ssm]\nport = "8443"\n')
+    done = subprocess.run([sys.executable, "-m", "meter", "ssm", "serve", "--config", str(config)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "[ssm] port: expected a port number" in done.stderr, done.stderr

@@ -211,3 +211,14 @@ def test_admin_refusals_name_what_is_wrong(lab):
         state.create_token("VA1", clock, expires_days=400)
     with pytest.raises(AdminError, match="max-uses"):
         state.create_token("VA1", clock, max_uses=0)
+
+
+def test_s6_s7_the_manager_shows_an_authorization_lapsed_after_90_days_without_contact(lab):
+    state, ca, clock = lab
+    instance = register(state, ca, clock, state.create_token("VA1", clock))
+    assert state.instances(clock.now())[0]["authorization"] == "not_authorized"
+    state.authorize(instance.instance_id, {"EXPWY_RMS": 1.0}, clock)
+    assert state.instances(later(clock, 89).now())[0]["authorization"] == "authorized"
+    lapsed = state.instances(later(clock, 91).now())[0]
+    assert lapsed["authorization"] == "authorization_expired" and lapsed["registration"] == "registered"
+    assert state.instances(later(clock, 366).now())[0]["registration"] == "registration_expired"
