@@ -176,3 +176,27 @@ def test_the_page_escapes_what_the_admin_typed_and_hides_tokens(lab):
     page = render_page(lab.state.overview(lab.protocol.clock))
     assert "<script>alert" not in page and "&lt;script&gt;" in page and "VA&lt;b&gt;" in page
     assert token not in page and token[:8] in page
+
+
+def test_nothing_a_client_sends_makes_the_manager_raise(lab):
+    """Design principle 6 for the manager: any body, any header, any route gets 200 or a 4xx with a code."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    instance = lab.register()
+    values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+                          lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+                          max_leaves=8)
+    keys = st.sampled_from(["token", "hostname", "product", "serial", "csr_pem", "usage", "sent_at", "x"])
+    bodies = st.one_of(st.binary(max_size=200), st.dictionaries(keys, values, max_size=6).map(lambda d: json.dumps(d).encode()))
+    headers = st.fixed_dictionaries({}, optional={"X-Instance-Id": st.sampled_from([instance, "", "nope", "\x00"]),
+                                                  "X-Signature": st.text(max_size=120) | st.binary(max_size=72).map(
+                                                      lambda b: base64.b64encode(b).decode())})
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(st.sampled_from(["register", "renew-id", "authorize", "usage", "deregister", "x"]), headers, bodies)
+    def check(route, header, body):
+        status, answer = lab.protocol.handle("POST", BASE + route, header, body)
+        assert status == 200 or (400 <= status < 500 and answer["error"]["code"]), (status, answer)
+
+    check()
