@@ -25,6 +25,9 @@ BUSY_TIMEOUT_MS = 5000
 TAGS = ("EXPWY_RMS", "EXPWY_ROOM", "EXPWY_DESKTOP", "EXPWY_CMR")
 DEFAULT_TOKEN_DAYS = 30  # Cisco's default token lifetime
 MAX_TOKEN_DAYS = 365
+# Bounds that keep a typo out of SQLite's 64-bit integers (and out of the page).
+MAX_QUANTITY = 1_000_000_000
+MAX_TOKEN_USES = 1_000_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
@@ -128,8 +131,8 @@ class State:
     def set_pool(self, virtual_account: str, tag: str, quantity: int, end_at: float | None = None) -> None:
         self._account(virtual_account)
         check_tag(tag)
-        if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity < 0:
-            raise AdminError(f"quantity must be a non-negative integer, got {quantity!r}")
+        if isinstance(quantity, bool) or not isinstance(quantity, int) or not 0 <= quantity <= MAX_QUANTITY:
+            raise AdminError(f"quantity must be a non-negative integer up to {MAX_QUANTITY}, got {quantity!r}")
         self.db.execute("INSERT OR REPLACE INTO pools VALUES (?, ?, ?, ?)", (virtual_account, tag, quantity, end_at))
 
     # --- tokens -----------------------------------------------------------------------------------
@@ -139,8 +142,8 @@ class State:
         self._account(virtual_account)
         if not 0 < expires_days <= MAX_TOKEN_DAYS:
             raise AdminError(f"expires-days must be in (0, {MAX_TOKEN_DAYS}], got {expires_days}")
-        if max_uses is not None and max_uses < 1:
-            raise AdminError(f"max-uses must be at least 1, got {max_uses}")
+        if max_uses is not None and not 1 <= max_uses <= MAX_TOKEN_USES:
+            raise AdminError(f"max-uses must be from 1 to {MAX_TOKEN_USES}, got {max_uses}")
         token = secrets.token_urlsafe(48)
         self.db.execute(
             "INSERT INTO tokens (token, virtual_account, created_at, expires_days, max_uses, export_controlled, description)"

@@ -211,6 +211,12 @@ def test_admin_refusals_name_what_is_wrong(lab):
         state.create_token("VA1", clock, expires_days=400)
     with pytest.raises(AdminError, match="max-uses"):
         state.create_token("VA1", clock, max_uses=0)
+    with pytest.raises(AdminError, match="max-uses"):
+        state.create_token("VA1", clock, max_uses=2**70)
+    with pytest.raises(AdminError, match="non-negative integer"):
+        state.set_pool("VA1", "EXPWY_RMS", 2**70)
+    with pytest.raises(AdminError, match="expires-days"):
+        state.create_token("VA1", clock, expires_days=float("nan"))
 
 
 def test_s6_s7_the_manager_shows_an_authorization_lapsed_after_90_days_without_contact(lab):
