@@ -153,7 +153,7 @@ def _cmd_init(args) -> int:
 
 
 def _cmd_serve(args) -> int:
-    from meter.ssm.server import serve
+    from meter.ssm.server import ServeError, serve
 
     try:
         settings = _settings(args)
@@ -172,7 +172,11 @@ def _cmd_serve(args) -> int:
     import logging
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    except ServeError as exc:
+        print(f"meter ssm: not serving: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -221,7 +225,7 @@ def _cmd_token_list(args) -> int:
 
 
 def _cmd_instances(args) -> int:
-    return _run(args, lambda state, s: _print_json(state.instances()))
+    return _run(args, lambda state, s: _print_json(state.instances(s.clock.now())))
 
 
 def _cmd_transfer(args) -> int:

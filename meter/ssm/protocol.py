@@ -2,10 +2,11 @@
 returns ``(status, json_body)`` for each of register, renew-id, authorize, usage, deregister
 (docs/smart-protocol.md). The server (``meter.ssm.server``) only moves bytes.
 
-Checks, in order: the body is a JSON object; a signed request names a registered instance whose
-ID certificate is still valid (``unknown_instance``) and is signed by that certificate's key over
-``method + "\\n" + path + "\\n" + sha256_hex(body)`` (``bad_signature``); ``sent_at`` is within an
-hour of the manager's clock (``clock_skew``); then the fields (``bad_request``) and the token.
+Checks, in order: a signed request names a registered instance (``unknown_instance``) and is
+signed by its ID certificate's key over ``method + "\\n" + path + "\\n" + sha256_hex(body)``
+(``bad_signature``); the body is a JSON object (``bad_request``); ``sent_at`` is within an hour of
+the manager's clock (``clock_skew``); the ID certificate has not expired (``unknown_instance``);
+then the fields (``bad_request``) and the token.
 """
 
 from __future__ import annotations
@@ -59,6 +60,10 @@ class Protocol:
             instance = None if route == "register" else self._verify(method, path, headers, body)
             request = self._parse(body)
             self._check_clock(request)
+            if instance is not None and self.clock.now() >= instance.id_cert_expires_at:
+                # S7: a registration not renewed within its year lapses; the node must register again.
+                # After the clock check: a manager whose clock is off says so, not "expired".
+                raise SmartError("unknown_instance", "this instance's registration (ID certificate) has expired: register again")
             if route == "register":
                 return 200, self._register(request)
             if route == "renew-id":
@@ -83,9 +88,6 @@ class Protocol:
         if not instance_id:
             raise SmartError("unknown_instance", "X-Instance-Id missing: register first")
         instance = self.state.instance(instance_id)
-        if self.clock.now() >= instance.id_cert_expires_at:
-            # S7: a registration not renewed within its year lapses; the node must register again.
-            raise SmartError("unknown_instance", "this instance's registration (ID certificate) has expired: register again")
         if not signature:
             raise SmartError("bad_signature", "X-Signature missing")
         try:

@@ -35,6 +35,10 @@ MAX_BODY = 64 * 1024
 log = logging.getLogger("meter.ssm")
 
 
+class ServeError(Exception):
+    """The server cannot start (the port is taken...); the message says why."""
+
+
 def admin_token(state_dir: Path) -> str:
     token = os.environ.get("METER_SSM_ADMIN_TOKEN")
     if token:
@@ -83,7 +87,7 @@ def build_app(settings: SsmSettings, state: State, ca: CertificateAuthority, tok
         return web.json_response(state.overview(clock))
 
     async def get_instances(request: web.Request) -> web.Response:
-        return web.json_response({"items": state.instances()})
+        return web.json_response({"items": state.instances(clock.now())})
 
     async def get_tokens(request: web.Request) -> web.Response:
         return web.json_response({"items": state.tokens(clock)})
@@ -178,7 +182,12 @@ async def serve(settings: SsmSettings) -> None:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, settings.listen, settings.port, ssl_context=tls_context(settings, ca))
-    await site.start()
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        state.close()
+        raise ServeError(f"cannot listen on {settings.listen}:{settings.port}: {exc.strerror}") from None
     port = runner.addresses[0][1]
     host = settings.listen if ":" not in settings.listen else f"[{settings.listen}]"
     # One line on stdout the lab (and the tests) read to learn the port when port = 0.

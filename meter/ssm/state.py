@@ -25,6 +25,9 @@ BUSY_TIMEOUT_MS = 5000
 TAGS = ("EXPWY_RMS", "EXPWY_ROOM", "EXPWY_DESKTOP", "EXPWY_CMR")
 DEFAULT_TOKEN_DAYS = 30  # Cisco's default token lifetime
 MAX_TOKEN_DAYS = 365
+# Bounds that keep a typo out of SQLite's 64-bit integers (and out of the page).
+MAX_QUANTITY = 1_000_000_000
+MAX_TOKEN_USES = 1_000_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
@@ -128,8 +131,8 @@ class State:
     def set_pool(self, virtual_account: str, tag: str, quantity: int, end_at: float | None = None) -> None:
         self._account(virtual_account)
         check_tag(tag)
-        if isinstance(quantity, bool) or not isinstance(quantity, int) or quantity < 0:
-            raise AdminError(f"quantity must be a non-negative integer, got {quantity!r}")
+        if isinstance(quantity, bool) or not isinstance(quantity, int) or not 0 <= quantity <= MAX_QUANTITY:
+            raise AdminError(f"quantity must be a non-negative integer up to {MAX_QUANTITY}, got {quantity!r}")
         self.db.execute("INSERT OR REPLACE INTO pools VALUES (?, ?, ?, ?)", (virtual_account, tag, quantity, end_at))
 
     # --- tokens -----------------------------------------------------------------------------------
@@ -139,8 +142,8 @@ class State:
         self._account(virtual_account)
         if not 0 < expires_days <= MAX_TOKEN_DAYS:
             raise AdminError(f"expires-days must be in (0, {MAX_TOKEN_DAYS}], got {expires_days}")
-        if max_uses is not None and max_uses < 1:
-            raise AdminError(f"max-uses must be at least 1, got {max_uses}")
+        if max_uses is not None and not 1 <= max_uses <= MAX_TOKEN_USES:
+            raise AdminError(f"max-uses must be from 1 to {MAX_TOKEN_USES}, got {max_uses}")
         token = secrets.token_urlsafe(48)
         self.db.execute(
             "INSERT INTO tokens (token, virtual_account, created_at, expires_days, max_uses, export_controlled, description)"
@@ -241,11 +244,16 @@ class State:
             raise SmartError("unknown_instance", f"no registered product instance {instance_id!r}")
         return Instance(**{**dict(row), "export_controlled": bool(row["export_controlled"])})
 
-    def instances(self) -> list[dict]:
+    def instances(self, now: float | None = None) -> list[dict]:
         out = []
         for row in self.db.execute("SELECT * FROM instances WHERE deregistered_at IS NULL ORDER BY registered_at"):
             item = {key: row[key] for key in row.keys() if key not in ("id_cert_pem", "deregistered_at")}
             item["export_controlled"] = bool(row["export_controlled"])
+            if now is not None:  # S6, S7: as the manager sees it (90 days without contact lapse it)
+                expires = row["authorization_expires_at"]
+                item["authorization"] = ("not_authorized" if expires is None
+                                         else "authorized" if now < expires else "authorization_expired")
+                item["registration"] = "registered" if now < row["id_cert_expires_at"] else "registration_expired"
             item["usage"] = self.usage_of(row["instance_id"])
             out.append(item)
         return out
@@ -343,7 +351,7 @@ class State:
         for account in self.accounts():
             accounts.append({**account, "pools": self.compliance(account["virtual_account"], now)})
         return {"at": now, "time_factor": clock.time_factor, "clock_offset": clock.clock_offset,
-                "accounts": accounts, "instances": self.instances(), "tokens": self.tokens(clock)}
+                "accounts": accounts, "instances": self.instances(now), "tokens": self.tokens(clock)}
 
 
 class _Transaction:

@@ -321,3 +321,55 @@ def test_admin_api_needs_its_bearer_token_and_the_page_shows_compliance(lab):
             assert created["token"] not in page  # only its first characters are shown
 
     run(lab, scenario)
+
+
+def test_s3_transfer_by_cli_and_admin_api_moves_usage_between_virtual_accounts(lab):
+    """S3: the lab admin moves an instance to another virtual account; its usage counts there."""
+    source, target = new_va(lab, rms=2), new_va(lab, rms=1)
+    token = new_token(lab, source)
+    admin = {"Authorization": f"Bearer {(lab.state / 'admin-token').read_text().strip()}"}
+
+    async def scenario(session):
+        agent = Agent(session, lab.base)
+        assert (await agent.register(token))[0] == 200
+        status, auth = await agent.post("authorize", {"usage": {"EXPWY_RMS": 2}, "hostname": agent.hostname})
+        assert auth["status"] == "authorized"
+        meter("ssm", "transfer", agent.instance_id, target, "--state", str(lab.state))
+        status, auth = await agent.post("authorize", {"usage": {"EXPWY_RMS": 2}, "hostname": agent.hostname})
+        assert auth["status"] == "out_of_compliance" and auth["tags"]["EXPWY_RMS"]["pool"] == 1
+        async with session.post(f"{lab.root}/admin/instances/{agent.instance_id}/transfer",
+                                json={"virtual_account": source}, headers=admin) as response:
+            assert response.status == 200
+        async with session.post(f"{lab.root}/admin/instances/{agent.instance_id}/transfer",
+                                json={"virtual_account": "VA-none"}, headers=admin) as response:
+            assert response.status == 404 and "no virtual account" in (await response.json())["error"]
+        status, auth = await agent.post("authorize", {"usage": {"EXPWY_RMS": 2}, "hostname": agent.hostname})
+        assert auth["status"] == "authorized"
+
+    run(lab, scenario)
+
+
+def test_the_manager_answers_stray_requests_with_a_json_error_and_keeps_serving(lab):
+    async def scenario(session):
+        async with session.get(f"{lab.base}/v1/register") as response:
+            assert response.status == 404 and (await response.json())["error"]["code"] == "bad_request"
+        async with session.post(f"{lab.base}/v1/register", data=b"x" * 70000) as response:
+            assert response.status == 413 and (await response.json())["error"]["code"] == "bad_request"
+        async with session.post(f"{lab.base}/v1/register", data=b"\xff\xfe") as response:
+            assert response.status == 400 and (await response.json())["error"]["code"] == "bad_request"
+        assert error_code(await Agent(session, lab.base).register("still-serving")) == "token_invalid"
+
+    run(lab, scenario)
+
+
+def test_serve_says_why_it_cannot_listen(lab, tmp_path):
+    port = lab.base.split(":")[2].split("/")[0]
+    config = tmp_path / "taken.toml"
+    config.write_text(f'[ssm]\nstate_dir = "{lab.state}"\nport = {port}\n')
+    done = subprocess.run([sys.executable, "-m", "meter", "ssm", "serve", "--config", str(config)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in done.stderr, done.stderr
+    config.write_text('[ssm]\nport = "8443"\n')
+    done = subprocess.run([sys.executable, "-m", "meter", "ssm", "serve", "--config", str(config)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "[ssm] port: expected a port number" in done.stderr, done.stderr
