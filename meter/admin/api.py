@@ -21,7 +21,7 @@ from aiohttp import web
 from meter import __version__
 from meter.admin import metrics, openapi, rules
 from meter.admin.http import ACCESS, Access, ApiError, application, error_response, json_response, read_json
-from meter.admin.paging import CursorError, page, parse_cursor
+from meter.admin.paging import CursorError, matching, page, parse_cursor
 from meter.licensing.model import POOLED, UNIT_SCALE
 from meter.logs import log_event
 from meter.metering.join import call_view, registration_view
@@ -277,8 +277,7 @@ async def listing(request: web.Request, table, view, settings) -> dict:
         raise ApiError(400, str(err)) from None
     needle = query.get("q", [""])[-1].strip().lower()
     if needle:
-        table = {key: record for key, record in list(table.items())
-                 if needle in " ".join(map(str, view(key, record).values())).lower()}
+        table = await matching(table, view, needle)
     return await page(table, view, limit=int(limit_text), after=after)
 
 

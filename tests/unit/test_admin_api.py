@@ -109,6 +109,29 @@ def test_the_scan_yields_to_the_loop_between_slices():
     assert asyncio.run(main()) >= 4
 
 
+def test_a_filter_yields_to_the_loop_between_slices_and_keeps_only_matches():
+    regs = registrations(3 * paging.SLICE)
+
+    async def main():
+        ticks = 0
+
+        async def other():
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.ensure_future(other())
+        await asyncio.sleep(0)
+        before = ticks
+        found = await paging.matching(regs, lambda k, r: {"alias": r.alias}, "user0012")
+        task.cancel()
+        return found, ticks - before
+
+    found, ticks = asyncio.run(main())
+    assert ticks >= 3 and sorted(found) == [("sip", f"sip:user{i:05d}@lab.test") for i in range(120, 130)]
+
+
 def test_a_cursor_not_of_ours_is_refused():
     with pytest.raises(paging.CursorError):
         paging.parse_cursor("nocolon")
