@@ -118,10 +118,18 @@ def application() -> web.Application:
 class _Handler(RequestHandler):
     def handle_error(self, request, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
-        # aiohttp answers an oversized head with 400; RFC 6585 §5 has 431 for it.
-        if isinstance(exc, LineTooLong) or (isinstance(exc, BadHttpMessage) and "Too many headers" in str(exc)):
-            status, message = 431, "request head too large"
-        return super().handle_error(request, status, exc, message)
+        if not isinstance(exc, BadHttpMessage) or request.writer.output_size > 0:
+            return super().handle_error(request, status, exc, message)
+        # A request that is not HTTP: one line in the log (aiohttp's own is a traceback), a JSON
+        # answer, and 431 for an oversized head (RFC 6585 §5) where aiohttp says 400.
+        if isinstance(exc, LineTooLong) or "Too many headers" in str(exc):
+            status, reason = 431, "request head too large"
+        else:
+            status, reason = 400, f"malformed request: {str(exc).strip().splitlines()[0][:200]}"
+        log_event(log, "admin.bad_request", status=status, reason=reason, source=_address(request))
+        response = error_response(status, reason)
+        response.force_close()
+        return response
 
 
 class _Server(web.Server):

@@ -48,7 +48,7 @@ PAGE_PARAMETERS = [
     {"name": "limit", "in": "query", "required": False, "description": "records per page (default `[admin] page_size`)",
      "schema": {"type": "integer", "minimum": 1}},
     {"name": "after", "in": "query", "required": False, "description": "the `next` cursor of the previous page",
-     "schema": {"type": "string"}},
+     "schema": {"type": "string", "pattern": "^[^:]+:"}},
     {"name": "q", "in": "query", "required": False, "description": "keep records mentioning this text",
      "schema": {"type": "string"}},
 ]
@@ -168,9 +168,14 @@ PATHS = {
 }
 
 
-def document(extra_paths: list[dict] = ()) -> dict:
-    """The whole document; ``extra_paths``: the ``OPENAPI_PATHS`` of added route modules."""
+def document(extra_paths: list[dict] = (), *, max_page_size: int | None = None) -> dict:
+    """The whole document; ``extra_paths``: the ``OPENAPI_PATHS`` of added route modules;
+    ``max_page_size``: this node's `[admin] max_page_size`, the listings' largest ``limit``."""
     paths = copy.deepcopy(PATHS)
+    if max_page_size is not None:
+        for listing in ("/api/v1/registrations", "/api/v1/calls"):
+            limit = next(p for p in paths[listing]["get"]["parameters"] if p["name"] == "limit")
+            limit["schema"]["maximum"] = max_page_size
     for fragment in extra_paths:
         paths.update(copy.deepcopy(fragment))
     return {

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect, sync_playwright
 
-from tests.integration.peers import REPO, MeterProcess
+from tests.integration.peers import REPO, MeterProcess, wait_until
 from tests.integration.test_metering_calls import Callee, call
 from tests.integration.test_metering_prometheus import register
 from tests.sipclient import SDP_ANSWER, SDP_OFFER, SipUA
@@ -288,3 +288,43 @@ def test_enforce_mode_without_licenses_shows_the_banner_on_every_page(tmp_path, 
         assert page.errors == []
     finally:
         node.stop()
+
+
+def test_p1_resource_usage_has_a_row_per_cluster_peer_and_the_cluster_total(tmp_path, browser_page):
+    """Two nodes sharing their pool through a real Redis: A's page lists B's room system on B's row
+    and in the cluster total (P1)."""
+    from tests.integration.test_cluster_redis import RedisServer
+
+    server = RedisServer(tmp_path / "redis").start()
+    nodes = []
+    sip = SipSide()
+    try:
+        extra = (f'[cluster]\nstore = "redis"\nredis_url = "redis://127.0.0.1:{server.port}/0"\nname = "lab"\n'
+                 f'sync_interval = 0.2\n')
+        a = MeterProcess(tmp_path / "a", node={"name": "node-a"}, licensing={"enforcement": "enforce"}, extra=extra)
+        b = MeterProcess(tmp_path / "b", node={"name": "node-b"}, licensing={"enforcement": "enforce"}, extra=extra)
+        nodes += [a, b]
+        a.install_keys({"ROOM": 4})
+        a.start()
+        b.start()
+
+        async def room_on_b():
+            ua = await SipUA.open("room-b", ("127.0.0.1", b.sip_port), domain="lab.test")
+            assert (await register(ua, ROOM_UA)).status == 200
+            return ua
+
+        wait_until(lambda: b.api("licenses")["licenses"]["room"]["capacity"] == 4, 20, "B to see A's keys (P1)")
+        sip.closers.append(sip.run(room_on_b()).close)
+        page = browser_page
+        page.goto(a.url("/"))
+        expect(page.locator("#row-room-node-b td").nth(1)).to_have_text("1", timeout=20_000)
+        expect(page.locator("#row-room-node-a td").nth(1)).to_have_text("0")
+        expect(page.locator("#total-room td").nth(1)).to_have_text("1")
+        expect(page.locator("#total-room td").nth(4)).to_have_text("25%")
+        page.shot("usage-cluster")
+        assert page.errors == []
+    finally:
+        sip.close()
+        for node in nodes:
+            node.stop()
+        server.stop()

@@ -18,7 +18,7 @@ import pytest
 from meter.admin import paging
 from meter.admin.api import build_app
 from meter.admin.http import MAX_BODY_BYTES, Access, AdminServer
-from meter.admin.token import ENV_VAR, FILE_NAME, TokenError, authorized, for_admin, is_loopback, load_or_create
+from meter.admin.token import ENV_VAR, FILE_NAME, TokenError, authorized, is_loopback, load_or_create
 from meter.config import AdminSettings
 from meter.metering.join import RegistrationRecord
 
@@ -109,6 +109,29 @@ def test_the_scan_yields_to_the_loop_between_slices():
     assert asyncio.run(main()) >= 4
 
 
+def test_a_filter_yields_to_the_loop_between_slices_and_keeps_only_matches():
+    regs = registrations(3 * paging.SLICE)
+
+    async def main():
+        ticks = 0
+
+        async def other():
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.ensure_future(other())
+        await asyncio.sleep(0)
+        before = ticks
+        found = await paging.matching(regs, lambda k, r: {"alias": r.alias}, "user0012")
+        task.cancel()
+        return found, ticks - before
+
+    found, ticks = asyncio.run(main())
+    assert ticks >= 3 and sorted(found) == [("sip", f"sip:user{i:05d}@lab.test") for i in range(120, 130)]
+
+
 def test_a_cursor_not_of_ours_is_refused():
     with pytest.raises(paging.CursorError):
         paging.parse_cursor("nocolon")
@@ -151,16 +174,14 @@ def test_admin_settings_refuse_a_default_page_beyond_the_maximum():
 # -- the token --------------------------------------------------------------------------------------------
 
 
-def test_loopback_needs_no_token_anything_else_does(tmp_path):
+def test_what_counts_as_loopback_where_reads_stay_open():
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost") and is_loopback("127.8.9.1")
     assert not is_loopback("0.0.0.0") and not is_loopback("::") and not is_loopback("") \
         and not is_loopback("192.0.2.1") and not is_loopback("admin.lab.test")
-    assert for_admin("127.0.0.1", tmp_path, {}) == (None, "")
-    assert not (tmp_path / FILE_NAME).exists()  # loopback: no token file made
 
 
 def test_the_token_file_is_created_0600_when_missing_and_reused(tmp_path):
-    token, source = for_admin("0.0.0.0", tmp_path / "state", {})
+    token, source = load_or_create(tmp_path / "state", {})
     path = tmp_path / "state" / FILE_NAME
     assert source == str(path) and len(token) >= 40
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
@@ -348,3 +369,30 @@ def test_report_the_worst_loop_stall_listing_60000_registrations(capsys):
               f"worst {paged[0] * 1000:.1f} ms, p99 {paged[1] * 1000:.1f} ms (HTTP client in the same loop); "
               f"server's share alone worst {served[0] * 1000:.1f} ms, p99 {served[1] * 1000:.1f} ms; one unpaged listing "
               f"{whole[0] * 1000:.1f} ms")
+
+
+def test_rules_come_from_the_shipped_document_with_every_implemented_id():
+    """GET /api/v1/rules: every ID of docs/licensing-rules.md (K4, C4, S5...), the full statement and the
+    one-line summary of meter.licensing.rules; an unknown ID is a 404."""
+    from meter.admin import rules
+    from meter.licensing.rules import RULES
+
+    by_id = rules.by_id()
+    assert set(RULES) <= set(by_id) and {"S5", "P6"} <= set(by_id)
+    assert by_id["C4"]["text"].startswith("One RMS covers either one video call or two audio-only SIP calls")
+    assert by_id["C4"]["summary"] == RULES["C4"]
+    node = fake_node(registrations(1))
+
+    async def main():
+        server = await serving(node)
+        try:
+            status, _, body = await http(server.port, "/api/v1/rules/k4")
+            assert status == 200 and json.loads(body)["id"] == "K4"
+            status, _, body = await http(server.port, "/api/v1/rules/Z9")
+            assert status == 404 and json.loads(body) == {"error": "no such rule: Z9"}
+            status, _, body = await http(server.port, "/api/v1/rules")
+            assert [r["id"] for r in json.loads(body)["items"]] == [r["id"] for r in rules.all_rules()]
+        finally:
+            await server.close()
+
+    asyncio.run(main())
