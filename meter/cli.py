@@ -34,11 +34,15 @@ def _add_admin_commands(sub) -> None:
     from meter.admin.licensing_cli import add_commands as add_licensing_commands
     from meter.admin.state_cli import add_commands as add_state_commands
     from meter.admin.users_cli import add_commands as add_users_commands
+    from meter.ssm.cli import add_commands as add_ssm_commands  # the lab Smart Software Manager
 
     add_state_commands(sub)
     add_licensing_commands(sub)
     add_listing_commands(sub)
     add_users_commands(sub)
+    add_ssm_commands(sub)
+    from meter.smart.cli import add_commands as add_smart_commands  # meter smart ... (S1-S14)
+    add_smart_commands(sub)
 
 
 def _embedded() -> str:

@@ -83,6 +83,7 @@ def add_commands(subparsers) -> None:
     mode = subparsers.add_parser("mode", parents=[common], help="show the license mode, or 'mode smart'")
     mode.add_argument("target", nargs="?", type=str.lower, choices=["smart", "pak"])
     mode.add_argument("--product", choices=license_mode.PRODUCTS, help="override the product the node recorded")
+    mode.add_argument("--yes", action="store_true", help="switch to Smart without asking for confirmation")
     mode.set_defaults(func=cmd_mode)
 
     reset = subparsers.add_parser("factory-reset", parents=[common],
@@ -277,17 +278,38 @@ def cmd_mode(args, node: NodeLicensing) -> int:
             license_mode.switch_to_pak(node.license_mode)  # refuses from Smart (L2)
             print("license mode: PAK")
             return 0
-        node.switch_to_smart()
+        if node.smart:
+            print("license mode: SMART already")
+            return 0
+        license_mode.switch_to_smart(node.license_mode, node.product)  # L4 before asking anything
+        if not args.yes:
+            print(SMART_WARNING + "Type 'yes' to switch to Smart Licensing: ", end="", flush=True)
+            if sys.stdin.readline().strip().lower() != "yes":
+                return _fail("switch to Smart Licensing cancelled: the node stays in PAK mode")
+        node.switch_to_smart(time.time())  # S1: the 90-day evaluation starts now
     except license_mode.ModeRefused as exc:
         return _fail(str(exc))
-    print("license mode: SMART (option keys no longer apply; back to PAK only through factory-reset)")
+    print("license mode: SMART, in its 90-day evaluation period (S1); option keys no longer apply (L3). "
+          "A running node follows within seconds. Register it: meter smart register <token>")
     return 0
+
+
+# L2, L3: what the administrator must know before PAK -> Smart, as the guide's page says it.
+SMART_WARNING = (
+    "Switching to Smart Licensing:\n"
+    "  - option keys stop applying: their licenses and the features that exist only as keys (HSM,\n"
+    "    Advanced Account Security, Microsoft Interoperability) are off, and no key can be added (L3);\n"
+    "  - a 90-day evaluation starts; register the node with a token from the Smart Software Manager (S1);\n"
+    "  - the only way back to PAK is a factory reset, which wipes the licensing state (L2).\n")
 
 
 def cmd_factory_reset(args) -> int:
     if not args.yes:
         print("Factory reset returns all licensing configuration and state to defaults (PAK mode,\n"
-              "no option keys). A backup is written first. Type 'yes' to continue: ", end="", flush=True)
+              "no option keys, no Smart registration: deregister first, `meter smart deregister`, so the\n"
+              "manager gets the licenses back, S8). A backup is written first "
+              f"({args.backup or '<state-dir>/backup-<time>.sqlite'}; --backup FILE to choose).\n"
+              "Type 'yes' to continue: ", end="", flush=True)
         answer = sys.stdin.readline().strip().lower()
         if answer != "yes":
             return _fail("factory reset cancelled")

@@ -91,6 +91,9 @@ class NodeCollector:
         yield from self._ras_families()
         yield from self._latency_families()
         yield from self._gc_families()
+        from meter.smart.metrics import smart_families
+
+        yield from smart_families(self.node, now)
 
     def _gc_families(self):
         collections = getattr(self.node, "collections", None)

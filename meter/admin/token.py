@@ -1,7 +1,7 @@
-"""The admin server's bearer token (RFC 6750), required when it listens beyond loopback.
+"""The admin server's bearer token (RFC 6750).
 
-On loopback only local users reach the API, as before. On any other address the token guards the
-listings (aliases and addresses of every endpoint) and every state change. It comes from the
+Every state change needs it, on loopback too; API reads need it when the server listens beyond
+loopback or `[admin] protect_reads` is set (``meter.admin.http.Access``). It comes from the
 ``METER_ADMIN_TOKEN`` environment variable, else from ``<state_dir>/admin-token``, which the node
 creates (mode 0600, like an SSH key) when it is missing.
 """
@@ -22,13 +22,6 @@ FILE_NAME = "admin-token"
 class TokenError(OSError):
     """The token file exists but cannot be used. An OSError, so `meter run` stops with it as with a
     port in use (``node.cannot_start``)."""
-
-
-def for_admin(host: str, state_dir: str | Path, environ: Mapping[str, str] = os.environ) -> tuple[str | None, str]:
-    """The token the admin server on ``host`` requires and where it came from; ``(None, "")`` on loopback."""
-    if is_loopback(host):
-        return None, ""
-    return load_or_create(Path(state_dir), environ)
 
 
 def is_loopback(host: str) -> bool:
@@ -65,3 +58,14 @@ def authorized(header: str | None, token: str) -> bool:
     """An ``Authorization: Bearer <token>`` header carrying ``token`` (compared in constant time)."""
     scheme, _, value = (header or "").strip().partition(" ")
     return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token.encode())
+
+
+def read_secret_file(path: str) -> str:
+    """A password kept in a file (`[admin] metrics_password_file`), as Prometheus' ``password_file``."""
+    try:
+        secret = Path(path).read_text().strip()
+    except OSError as exc:
+        raise TokenError(f"[admin] metrics_password_file {path}: cannot read: {exc.strerror}") from None
+    if not secret:
+        raise TokenError(f"[admin] metrics_password_file {path} is empty")
+    return secret

@@ -103,16 +103,30 @@ class NodeLicensing:
 
     # ---- license mode (L1-L4) -----------------------------------------------------------
 
-    def switch_to_smart(self) -> str:
+    def switch_to_smart(self, now: float | None = None) -> str:
         new = switch_to_smart(self.license_mode, self.product)  # raises ModeRefused for vcs (L4)
+        if now is not None and self.license_mode != new:
+            self._start_evaluation(now)  # S1: the evaluation starts with the switch
         self.store.license_mode = new
         return new
+
+    def _start_evaluation(self, now: float) -> None:
+        from meter.store.smart_state import SmartStore
+
+        with SmartStore(self.store.state_dir) as smart_store:
+            machine, _ = smart_store.load(None, self.serial, now)
+            machine.start_evaluation(now)
+            smart_store.save(machine)
 
     def factory_reset(self, *, confirmed: bool, backup_path: str | Path | None = None,
                       now: float | None = None) -> Path:
         """L2: the only way back from Smart to PAK. Writes the backup first."""
         path = backup_path or self.store.default_backup_path(now)
         written = self.store.factory_reset(confirmed=confirmed, backup_path=path)
+        from meter.store.smart_state import SmartStore
+
+        with SmartStore(self.store.state_dir) as smart_store:  # Smart state goes with the mode (L2)
+            smart_store.clear()
         self.keys.load([])
         self.alarms = AlarmBoard(on_change=self.store.save_alarm)
         return written

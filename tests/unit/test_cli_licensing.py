@@ -106,7 +106,13 @@ def test_mode_smart_then_keys_refused_then_factory_reset_l2_l3(state, capsys, mo
     """L2, L3: switch to Smart; keys are refused; back to PAK only by a confirmed factory reset."""
     key = issue(capsys, "--option", "RMS")
     assert run(capsys, "mode")[1].startswith("license mode: PAK")
-    assert run(capsys, "mode", "smart")[0] == 0
+    monkeypatch.setattr("sys.stdin", io.StringIO("no\n"))
+    rc, out, err = run(capsys, "mode", "smart")  # L3: asks, saying option keys stop applying
+    assert rc == 1 and "option keys stop applying" in out and "factory reset" in out and "cancelled" in err
+    assert run(capsys, "mode")[1].startswith("license mode: PAK")
+    monkeypatch.setattr("sys.stdin", io.StringIO("yes\n"))
+    rc, out, _ = run(capsys, "mode", "smart")
+    assert rc == 0 and "evaluation" in out and "(L3)" in out
     rc, _, err = run(capsys, "xconfiguration", "option", "1", "key", key)
     assert rc == 1 and "smart_mode" in err
     rc, _, err = run(capsys, "mode", "pak")
