@@ -4,7 +4,8 @@
     await node.start()      # binds; node.port is the port actually bound
     ...
     await node.close()      # URQ to every endpoint (standalone); every call and registration ends
-                            # through the hooks ("shutdown")
+                            # through the hooks ("shutdown"); goodbye=False: no URQ (the app keeps
+                            # the registrations in the state database for the next start)
 
 One ``DatagramProtocol`` callback per datagram, no task per packet; housekeeping is one
 ``loop.call_later`` chain. Works on uvloop (the lead's runner installs it) and on asyncio's own loop.

@@ -298,3 +298,18 @@ def test_the_ras_tables_tell_the_journal_every_change():
     calls.clear()
     net.ask(ep, ep.urq())
     assert calls == [call.call_id] and regs[-1] == ep.endpoint_id
+
+
+def test_principle5_meter_restore_brings_h323_registrations_back_but_not_calls(tmp_path):
+    """As for SIP: a backup's calls in progress are long over when it is restored; its registrations
+    come back with their own expiry (and lapse at start when it has passed)."""
+    from meter.store.licensing import backup_state, init_state, restore_state
+
+    node, other = tmp_path / "node", tmp_path / "elsewhere"
+    init_state(node)
+    _, endpoints, _ = first_run(node)
+    backup, _ = backup_state(node, tmp_path / "node.backup")
+    restore_state(backup, other)
+    store = H323StateStore(other)
+    assert sorted(e for e, _ in store.registrations()) == sorted(ep.endpoint_id for ep in endpoints)
+    assert store.calls() == []
