@@ -51,7 +51,8 @@ def stored(node: MeterProcess) -> tuple[int, int]:
     """(registrations, calls) the node has written to its state database so far."""
     db = sqlite3.connect(node.state_dir / "licensing.sqlite", timeout=5)
     try:
-        return tuple(db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("h323_registrations", "h323_calls"))
+        return tuple(db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+                     for table in ("h323_registrations", "h323_calls"))
     finally:
         db.close()
 
