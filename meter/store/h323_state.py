@@ -94,11 +94,13 @@ class H323StateStore:
             db.execute("ROLLBACK")
             raise
 
-    def registrations(self) -> list[tuple[str, dict]]:
-        return [(e, json.loads(r)) for e, r in self._db.execute("SELECT endpoint_id, record FROM h323_registrations")]
+    def registrations(self) -> list[tuple[str, str]]:
+        """(endpoint identifier, its row as JSON text): parsed one by one, so one bad row spoils only itself."""
+        return self._db.execute("SELECT endpoint_id, record FROM h323_registrations").fetchall()
 
-    def calls(self) -> list[tuple[str, dict]]:
-        return [(k, json.loads(r)) for k, r in self._db.execute("SELECT call_key, record FROM h323_calls")]
+    def calls(self) -> list[tuple[str, str]]:
+        """(call key in hex, its row as JSON text)."""
+        return self._db.execute("SELECT call_key, record FROM h323_calls").fetchall()
 
     def forget_registration(self, endpoint_id: str) -> None:
         self._db.execute("DELETE FROM h323_registrations WHERE endpoint_id = ?", (endpoint_id,))
@@ -204,14 +206,15 @@ class H323State:
         mono = self.clock()
         wall = mono + core.wall_offset
         now = self.metering.clock() if self.metering is not None else wall
-        for endpoint_id, row in self.store.registrations():
-            expires_at = row.get("expires_at")
-            if expires_at is not None and expires_at <= wall:
-                done.expired += 1
-                self.store.forget_registration(endpoint_id)
-                log_event(log, "state.h323_registration_expired_while_down", endpoint_id=endpoint_id)
-                continue
+        for endpoint_id, text in self.store.registrations():
             try:  # the whole row read before anything is charged: a bad row charges nothing
+                row = json.loads(text)
+                expires_at = row["expires_at"]
+                if expires_at is not None and float(expires_at) <= wall:
+                    done.expired += 1
+                    self.store.forget_registration(endpoint_id)
+                    log_event(log, "state.h323_registration_expired_while_down", endpoint_id=endpoint_id)
+                    continue
                 reg = _registration_from_row(endpoint_id, row, mono, wall)
                 charges = self._charges_of(reg, row)
             except _UNREADABLE as exc:
@@ -229,21 +232,24 @@ class H323State:
             core.registrations.restore(reg)
             done.registrations += 1
             done.aliases += len(reg.aliases)
-        for key_hex, row in self.store.calls():
+        for key_hex, text in self.store.calls():
             try:
+                row = json.loads(text)
                 call, legs = _call_from_row(key_hex, row, mono, wall)
+                charge = row["charge"]
+                if core.calls.get(call.key) is not None:
+                    raise ValueError("call already restored")
             except _UNREADABLE as exc:
                 done.unreadable += 1
                 self.store.forget_call(key_hex)
                 log_event(log, "state.row_unreadable", logging.WARNING, call=key_hex, error=repr(exc))
                 continue
             legs = [leg for leg in legs if core.registrations.get(leg.endpoint_id) is not None]
-            if not legs or core.calls.get(call.key) is not None:
+            if not legs:
                 done.orphaned += 1  # its parties expired while the node was down: the call ended with them
                 self.store.forget_call(key_hex)
                 log_event(log, "state.h323_call_dropped", call=call.call_key, cause="no party registered")
                 continue
-            charge = row.get("charge")
             if charge is not None and self.metering is not None:
                 try:
                     decision = self.metering.restore_call(PROTOCOL, call.call_key, charge, now)
