@@ -32,6 +32,7 @@ class Node:
         self.ras = None
         self.state = None  # bindings and calls written behind, restored at start (meter.store.sip_state)
         self.smart = None  # meter.smart.agent.SmartAgent
+        self.h323_state = None  # the same for RAS registrations and calls (meter.store.h323_state)
         self._ticker: asyncio.Task | None = None
         self.started_at = time.time()
 
@@ -74,7 +75,8 @@ class Node:
 
             self.latency_ras = latency_ras = LatencyHistogram()
             self.ras = RasNode(self.config.h323, RasMetering(self.metering), sip_locator=locate_sip,
-                               wrap_receiver=lambda node: TimedReceiver(node, latency_ras))
+                               wrap_receiver=lambda node: TimedReceiver(node, latency_ras),
+                               prepare=self._restore_h323_state)
             await self.ras.start()
         self._ticker = asyncio.get_running_loop().create_task(self._tick())
         if self.config.admin.enabled:
@@ -95,6 +97,16 @@ class Node:
         self.state.restore()
         self.state.attach()
 
+    def _restore_h323_state(self, core) -> None:
+        """The gatekeeper's registrations and calls of the last run, before its socket serves a datagram."""
+        from meter.store.h323_state import H323State, H323StateStore
+
+        loop = asyncio.get_running_loop()
+        self.h323_state = H323State(H323StateStore(self.config.node.state_dir), self.config.state, core,
+                                    self.metering, call_later=loop.call_later, clock=loop.time)
+        self.h323_state.restore()
+        self.h323_state.attach()
+
     async def _tick(self) -> None:
         """Once a second: alarms, lost peers, demo-key expiry, usage records, key changes on disk."""
         while True:
@@ -109,12 +121,14 @@ class Node:
             self._ticker.cancel()
         if self.state:  # written before the shutdown's releases, which a restart must not see
             self.state.close()
+        if self.h323_state:
+            self.h323_state.close()
         if self.metering:  # likewise the usage history's current minute and the peaks
             self.metering.flush_usage(self.metering.clock())
         if self.sip:
             await self.sip.close()  # ends every call and binding: releases all charges (principle 4)
-        if self.ras:
-            await self.ras.close()
+        if self.ras:  # no URQ when the registrations are kept for the next start: a restart is invisible
+            await self.ras.close(goodbye=self.h323_state is None)
         if self.admin:
             await self.admin.close()
         if self.smart:

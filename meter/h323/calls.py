@@ -8,7 +8,7 @@ callee's ARQ with answerCall TRUE): each admitted ARQ is a *leg* of the one :cla
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 from meter.codecs.ras import ZERO_GUID, TransportAddress, guid_str
 from meter.h323.hooks import Party
@@ -64,6 +64,14 @@ class CallTable:
     def __init__(self) -> None:
         self.by_key: dict[bytes, RasCall] = {}
         self.by_endpoint: dict[str, set[bytes]] = {}
+        # Told the key of every call that changed (added, a leg admitted, its bandwidth, ended): the
+        # write-behind journal (meter.store.h323_state) marks it, None writes nothing.
+        self.changed: Callable[[bytes], None] | None = None
+
+    def touch(self, key: bytes) -> None:
+        """A call changed in place (a leg's bandwidth)."""
+        if self.changed is not None:
+            self.changed(key)
 
     def __len__(self) -> int:
         return len(self.by_key)
@@ -76,10 +84,12 @@ class CallTable:
 
     def add(self, call: RasCall) -> None:
         self.by_key[call.key] = call
+        self.touch(call.key)
 
     def add_leg(self, call: RasCall, leg: Leg) -> None:
         call.legs[(leg.endpoint_id, leg.answer_call)] = leg
         self.by_endpoint.setdefault(leg.endpoint_id, set()).add(call.key)
+        self.touch(call.key)
 
     def of_endpoint(self, endpoint_id: str) -> list[RasCall]:
         return [self.by_key[k] for k in self.by_endpoint.get(endpoint_id, ()) if k in self.by_key]
@@ -93,4 +103,5 @@ class CallTable:
                     keys.discard(key)
                     if not keys:
                         del self.by_endpoint[endpoint_id]
+            self.touch(key)
         return call

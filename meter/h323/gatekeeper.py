@@ -169,14 +169,17 @@ class Gatekeeper:
             log.exception("ras.internal_error", extra={"facts": {"where": "tick"}})
         return out
 
-    def close(self, now: float) -> list[Datagram]:
-        """Node shutdown: every call ends and every registration goes, through the hooks, exactly once."""
+    def close(self, now: float, *, goodbye: bool = True) -> list[Datagram]:
+        """Node shutdown: every call ends and every registration goes, through the hooks, exactly once.
+        ``goodbye`` False: no URQ to the endpoints, whose registrations the next start restores from the
+        state database (``meter.store.h323_state``): a restart is then invisible to them."""
         out = self._out = []
         try:
             for call in self.calls:
                 self._end_call(call, SHUTDOWN)
             for reg in self.registrations:
-                self._say_goodbye(reg, "maintenance")
+                if goodbye:
+                    self._say_goodbye(reg, "maintenance")
                 self._unregister(reg, SHUTDOWN)
             self._close_more(now)
         except Exception:
@@ -490,11 +493,13 @@ class Gatekeeper:
         if reg is None:
             self._send(source, ras.bandwidth_reject(seq, "notBound"), "BRJ")
             return
-        leg = self._leg(call_key(msg.call_identifier, msg.conference_id), reg.endpoint_id, msg.answer_call)
+        key = call_key(msg.call_identifier, msg.conference_id)
+        leg = self._leg(key, reg.endpoint_id, msg.answer_call)
         if leg is None:
             self._send(source, ras.bandwidth_reject(seq, "invalidConferenceID"), "BRJ")
             return
         leg.bandwidth = msg.bandwidth or 0  # no bandwidth management: what is asked is granted
+        self.calls.touch(key)
         self._send(source, ras.bandwidth_confirm(seq, bandwidth=leg.bandwidth), "BCF")
 
     def _leg(self, key: bytes | None, endpoint_id: str, answer: bool | None) -> Leg | None:

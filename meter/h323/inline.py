@@ -264,10 +264,11 @@ class InlineGatekeeper(Gatekeeper):
                 self._end_call(call, DRQ)
         elif kind == "bandwidthRequest" and not failed:
             reg = self.registrations.get(request.endpoint_identifier)
-            leg = reg and self._leg(call_key(request.call_identifier, request.conference_id), reg.endpoint_id,
-                                    request.answer_call)
+            key = call_key(request.call_identifier, request.conference_id)
+            leg = reg and self._leg(key, reg.endpoint_id, request.answer_call)
             if leg:
                 leg.bandwidth = answer.bandwidth or 0
+                self.calls.touch(key)
 
     def _learn_registration(self, pending: Pending, rcf: RasMessage, now: float) -> None:
         request = pending.msg

@@ -4,7 +4,8 @@
     await node.start()      # binds; node.port is the port actually bound
     ...
     await node.close()      # URQ to every endpoint (standalone); every call and registration ends
-                            # through the hooks ("shutdown")
+                            # through the hooks ("shutdown"); goodbye=False: no URQ (the app keeps
+                            # the registrations in the state database for the next start)
 
 One ``DatagramProtocol`` callback per datagram, no task per packet; housekeeping is one
 ``loop.call_later`` chain. Works on uvloop (the lead's runner installs it) and on asyncio's own loop.
@@ -53,8 +54,12 @@ class _RasProtocol(asyncio.DatagramProtocol):
 class RasNode:
     def __init__(self, settings: H323Settings | None = None, hooks: RasHooks | None = None, *,
                  sip_locator: SipLocator = no_sip,
-                 wrap_receiver: Callable[[RasNode], DatagramReceiver] | None = None) -> None:
+                 wrap_receiver: Callable[[RasNode], DatagramReceiver] | None = None,
+                 prepare: Callable[[Gatekeeper], None] | None = None) -> None:
         self.settings = settings or H323Settings()
+        # Called with the core once it exists, before the socket hands it any datagram: the app
+        # restores the last run's registrations and calls there (meter.store.h323_state).
+        self.prepare = prepare
         self.hooks = hooks
         self.sip_locator = sip_locator
         # What the socket hands each datagram to: the node, or what wrap_receiver makes of it (the
@@ -97,16 +102,19 @@ class RasNode:
             self.core = InlineGatekeeper(s, self.hooks, upstream=self.upstream, **common)
         else:
             self.core = Gatekeeper(s, self.hooks, **common)
+        if self.prepare is not None:  # no await since the core was set: nothing was served yet
+            self.prepare(self.core)
         self._timer = loop.call_later(s.housekeeping_interval, self._housekeeping)
         log_event(log, "h323.started", host=s.host, port=self.port, mode=s.mode, ras_address=str(self.ras_address),
                   gatekeeper_id=s.gatekeeper_id, upstream=str(self.upstream) if self.upstream else "")
 
-    async def close(self) -> None:
+    async def close(self, *, goodbye: bool = True) -> None:
+        """``goodbye`` False: no URQ to the endpoints (their registrations survive in the state database)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         if self.core is not None:
-            self._send_all(self.core.close(self._loop.time()))
+            self._send_all(self.core.close(self._loop.time(), goodbye=goodbye))
             self.core = None
         if self._transport is not None:
             self._transport.close()

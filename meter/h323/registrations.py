@@ -11,7 +11,7 @@ import dataclasses
 import heapq
 import math
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from meter.codecs.ras import Alias, RasMessage, TransportAddress, Vendor
 
@@ -92,6 +92,13 @@ class RegistrationTable:
         self.by_alias: dict[tuple[str, str], str] = {}
         self.by_address: dict[TransportAddress, str] = {}
         self._expiry: list[tuple[float, str]] = []
+        # Told the endpoint identifier of every registration that changed (added, refreshed, altered,
+        # removed): the write-behind journal (meter.store.h323_state) marks it, None writes nothing.
+        self.changed: Callable[[str], None] | None = None
+
+    def _changed(self, endpoint_id: str) -> None:
+        if self.changed is not None:
+            self.changed(endpoint_id)
 
     def __len__(self) -> int:
         return len(self.by_id)
@@ -121,6 +128,13 @@ class RegistrationTable:
         self.by_id[reg.endpoint_id] = reg
         self._index_aliases(reg, reg.aliases)
         self._index_addresses(reg, reg.call_signal_addresses)
+        self._changed(reg.endpoint_id)
+
+    def restore(self, reg: Registration) -> None:
+        """Put back a registration of the last run (meter.store.h323_state) with its own expiry."""
+        self.add(reg)
+        if reg.time_to_live is not None:
+            heapq.heappush(self._expiry, (reg.expires_at, reg.endpoint_id))
 
     def update(self, reg: Registration, *, aliases: tuple[Alias, ...],
                call_signal_addresses: tuple[TransportAddress, ...]) -> tuple[Alias, ...]:
@@ -131,6 +145,7 @@ class RegistrationTable:
         self._unindex_addresses(reg)
         self._index_aliases(reg, aliases)
         self._index_addresses(reg, call_signal_addresses)
+        self._changed(reg.endpoint_id)
         return dropped
 
     def remove_aliases(self, reg: Registration, aliases: Iterable[Alias]) -> tuple[Alias, ...]:
@@ -140,6 +155,7 @@ class RegistrationTable:
         self._unindex_aliases(reg, dropped)
         kept = tuple(a for a in reg.aliases if alias_key(a) not in gone)
         reg.aliases, reg.keys = kept, frozenset(map(alias_key, kept))
+        self._changed(reg.endpoint_id)
         return dropped
 
     def remove(self, endpoint_id: str) -> Registration | None:
@@ -147,6 +163,7 @@ class RegistrationTable:
         if reg is not None:
             self._unindex_aliases(reg, reg.aliases)
             self._unindex_addresses(reg)
+            self._changed(endpoint_id)
         return reg
 
     # -- time-to-live
@@ -157,6 +174,7 @@ class RegistrationTable:
         reg.expires_at = math.inf if time_to_live is None else now + time_to_live + grace
         if time_to_live is not None:
             heapq.heappush(self._expiry, (reg.expires_at, reg.endpoint_id))
+        self._changed(reg.endpoint_id)  # a keep-alive moves the expiry a restart carries over
 
     def expired(self, now: float) -> list[Registration]:
         """Registrations whose time-to-live has run out (still in the table: the caller removes them)."""

@@ -373,8 +373,9 @@ def restore_state(source: str | Path, state_dir: str | Path, *, force: bool = Fa
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
         target.execute(f"DROP TABLE {BACKUP_FILES_TABLE}")
-        if target.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'calls'").fetchone():
-            target.execute("DELETE FROM calls")  # meter.store.state's table
+        for calls in ("calls", "h323_calls"):  # meter.store.state's and meter.store.h323_state's tables
+            if target.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (calls,)).fetchone():
+                target.execute(f"DELETE FROM {calls}")
         target.commit()
         target.close()
     except (OSError, sqlite3.Error) as exc:

@@ -22,12 +22,8 @@ The rows live beside the licensing tables in ``<state_dir>/licensing.sqlite``, s
   the call is charged, settled (the ACK) and ended; a later re-INVITE's new targets and CSeqs are
   not rewritten (they matter only for a BYE the node itself sends, at session expiry).
 
-H.323 registrations and calls are not stored: the RAS tables are ``meter.h323``'s own. A
-registration comes back by itself within one time-to-live: standalone, the keep-alive RRQ of an
-endpoint the restarted gatekeeper does not know gets RRJ fullRegistrationRequired (H.323 §7.2.2)
-and the endpoint registers in full; inline, the upstream's RCF to that keep-alive teaches it again
-(``meter.h323.inline``). Either way it is charged again then, not before. An H.323 call in
-progress at the restart is not metered again (its DRQ finds nothing to release).
+H.323 RAS registrations and admitted calls are written behind by the same journal into their own
+tables (``meter.store.h323_state``), restored before the RAS socket serves anything.
 """
 
 from __future__ import annotations
@@ -171,7 +167,9 @@ class StateStore:
 
 class StateJournal:
     """Write-behind (Kamailio's db_mode=2): ``changed`` marks a key; a timer writes each marked
-    key's current state, read through ``snapshot_registration`` / ``snapshot_calls`` at write time."""
+    key's current state, read through ``snapshot_registration`` / ``snapshot_calls`` at write time.
+    Key-agnostic: SIP marks AORs and Call-IDs into a :class:`StateStore`; H.323 endpoint identifiers
+    and call keys into ``meter.store.h323_state.H323StateStore`` (any store with the same ``write``)."""
 
     def __init__(self, store: StateStore, settings: StateSettings, *, call_later: Callable,
                  snapshot_registration: Callable[[str], tuple[dict | None, list[StoredBinding]]],
