@@ -39,6 +39,9 @@ def _add_admin_commands(sub) -> None:
     add_licensing_commands(sub)
     add_listing_commands(sub)
     add_users_commands(sub)
+    from meter.admin.report import add_commands as add_report_commands  # `meter report`: usage and sizing
+
+    add_report_commands(sub)
 
 
 def _embedded() -> str:
