@@ -74,7 +74,7 @@ def _license_report(rows: list[dict], capacity: int) -> dict:
         refused_at = max(r["capacity"] for r in rows if r["refusals"])
         need, lower_bound = max(need, refused_at + 1), True
     return {
-        "capacity": capacity, "peak": peak, "peak_at": peak_row["at"] if peak_row else None,
+        "capacity": capacity, "peak": peak, "peak_at": peak_row["at"] if peak else None,
         "node_peak": max((r["max"] for r in rows), default=0.0),
         "p95": weighted_percentile(rows, 0.95), "p99": weighted_percentile(rows, 0.99),
         "hours_above_capacity": above / 3600.0, "hours_recorded": seconds / 3600.0,

@@ -43,6 +43,7 @@ def test_p1_c4_report_peak_percentiles_hours_above_capacity_and_the_answer(histo
     assert (room["need"], room["need_is_lower_bound"], room["refusals"]) == (4, True, 2)  # refused at 3: needs 4+
     desktop = report["licenses"]["desktop"]
     assert (desktop["would_refuse"], desktop["need"]) == (4, 1)
+    assert (report["licenses"]["cmr"]["peak"], report["licenses"]["cmr"]["peak_at"]) == (0.0, None)  # never used
     assert report["answer"].startswith(
         "to carry this traffic with no refusal you need RMS >= 13, room >= 4, desktop >= 1")
     assert "at least: room" in report["answer"]
