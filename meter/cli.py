@@ -42,7 +42,10 @@ def _add_admin_commands(sub) -> None:
     add_users_commands(sub)
     add_ssm_commands(sub)
     from meter.smart.cli import add_commands as add_smart_commands  # meter smart ... (S1-S14)
+    from meter.admin.report import add_commands as add_report_commands  # `meter report`: usage and sizing
+
     add_smart_commands(sub)
+    add_report_commands(sub)
 
 
 def _embedded() -> str:

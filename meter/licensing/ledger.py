@@ -11,7 +11,9 @@ enforcement): the reasons and their words are ``meter.licensing.refusals``.
 
 Hot path: ``charge``/``release``/``settle`` are dict operations and integer arithmetic plus two
 pool queries (O(peers), at most six); nothing here allocates beyond one small entry and one
-Decision per charge.
+Decision per charge. An optional ``UsageMeter`` (``meter.licensing.usage``) is told every change
+of a pooled count and of a call class in ``_shift``, and every misfit where it is counted, so
+peaks are taken at every charge (a few comparisons each), never sampled.
 """
 
 from __future__ import annotations

@@ -203,14 +203,6 @@ class Metering:
         except Exception as exc:  # a full disk must not stop metering; the next minute tries again
             log_event(log, "usage.history_write_failed", logging.ERROR, path=str(history.path), error=str(exc))
 
-    def reset_peaks(self, now: float) -> float:
-        """The operator's reset of the since-reset peaks, written to the history at once."""
-        self.usage.reset_peaks(now)
-        log_event(log, "usage.peaks_reset", at=now)
-        if self.usage_history is not None:
-            self._record_usage(now, final=True)
-        return now
-
     def flush_usage(self, now: float) -> None:
         """Node shutdown, before the shutdown's releases: the current minute and the peaks."""
         if self.usage_history is not None:

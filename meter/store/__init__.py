@@ -1,8 +1,10 @@
 """Durable state (SQLite): identity, keys, alarms, usage, SIP bindings and calls in progress.
 
 - ``licensing``       ``LicensingStore``: option keys, license mode, alarms, node serial, trusted
-                      issuer key and usage snapshots in ``<state_dir>/licensing.sqlite``; the lab
-                      issuer's PEM key files
+                      issuer key and the last ledger snapshot in ``<state_dir>/licensing.sqlite``;
+                      the lab issuer's PEM key files
+- ``usage_history``   ``UsageHistory``: per-minute usage buckets per license (hourly when old), the
+                      peaks restored at start, ``[usage]`` settings; read-only for `meter report`
 - ``node_licensing``  ``NodeLicensing``: one node's licensing state put together (store, option-key
                       table, alarms), for the running node and the CLI
 - ``licensing`` also  the node's identity: ``init_state`` (`meter init`, once), ``check_initialised``

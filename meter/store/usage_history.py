@@ -27,10 +27,13 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+from meter.licensing.model import POOLED
 from meter.store.licensing import BUSY_TIMEOUT_MS, DB_NAME, StoreError
 
 MINUTE, HOUR, DAY = 60, 3600, 86400
 STEPS = (MINUTE, HOUR, DAY)
+STORED_STEPS = (MINUTE, HOUR)  # what a bucket row is; DAY only groups them
+LICENSES = tuple(str(lic) for lic in POOLED)
 DAY_SECONDS = 86400.0
 
 SCHEMA = """
@@ -139,17 +142,26 @@ class UsageHistory:
         result = [0, 0]
 
         def work(db: sqlite3.Connection) -> None:
-            hours = db.execute(
-                "SELECT license, CAST(at / 3600 AS INTEGER) * 3600 AS hour, MAX(max), MIN(min), MAX(cluster_max), "
-                "(SELECT capacity FROM usage_buckets AS last WHERE last.license = b.license AND last.step = 60 "
-                " AND CAST(last.at / 3600 AS INTEGER) * 3600 = CAST(b.at / 3600 AS INTEGER) * 3600 "
-                " ORDER BY last.at DESC LIMIT 1), SUM(refusals), SUM(would_refuse), COUNT(*) "
-                "FROM usage_buckets AS b WHERE step = 60 AND at < ? GROUP BY license, hour", (fine_cut,)).fetchall()
-            db.executemany(_UPSERT, [(lic, HOUR, float(hour), mx, mn, cmx, cap, ref, would)
-                                     for lic, hour, mx, mn, cmx, cap, ref, would, _ in hours])
-            db.execute("DELETE FROM usage_buckets WHERE step = 60 AND at < ?", (fine_cut,))
-            result[0] = sum(row[-1] for row in hours)
-            result[1] = db.execute("DELETE FROM usage_buckets WHERE at < ?", (keep_cut,)).rowcount
+            # Per license and step: every statement is a range of the primary key (license, step, at),
+            # so an hourly pass reads only the rows it moves, however long the history.
+            for lic in LICENSES:
+                hours = db.execute(
+                    "SELECT CAST(at / 3600 AS INTEGER) * 3600 AS hour, MAX(max), MIN(min), MAX(cluster_max), "
+                    "SUM(refusals), SUM(would_refuse), COUNT(*) FROM usage_buckets "
+                    "WHERE license = ? AND step = 60 AND at < ? GROUP BY hour", (lic, fine_cut)).fetchall()
+                rows = []
+                for hour, mx, mn, cmx, ref, would, count in hours:
+                    # the hour's capacity is its last minute's
+                    cap = db.execute("SELECT capacity FROM usage_buckets WHERE license = ? AND step = 60 "
+                                     "AND at >= ? AND at < ? ORDER BY at DESC LIMIT 1",
+                                     (lic, hour, hour + HOUR)).fetchone()[0]
+                    rows.append((lic, HOUR, float(hour), mx, mn, cmx, cap, ref, would))
+                    result[0] += count
+                db.executemany(_UPSERT, rows)
+                db.execute("DELETE FROM usage_buckets WHERE license = ? AND step = 60 AND at < ?", (lic, fine_cut))
+                for step in STORED_STEPS:
+                    result[1] += db.execute("DELETE FROM usage_buckets WHERE license = ? AND step = ? AND at < ?",
+                                            (lic, step, keep_cut)).rowcount
 
         self._transaction(work)
         return result[0], result[1]
@@ -184,7 +196,7 @@ class UsageHistory:
         rows = self._db.execute(
             "SELECT CAST(at / ? AS INTEGER) * ? AS grp, MAX(max), MIN(min), SUM(refusals), SUM(would_refuse), "
             "MAX(cluster_max), SUM(step), MAX(at) FROM usage_buckets "
-            "WHERE license = ? AND at >= ? AND at < ? GROUP BY grp ORDER BY grp",
+            "WHERE license = ? AND step IN (60, 3600) AND at >= ? AND at < ? GROUP BY grp ORDER BY grp",
             (step, step, license, start, end)).fetchall()
         capacities = self._capacities(license, start, end)
         return [{"at": float(grp), "max": mx, "min": mn, "refusals": ref, "would_refuse": would,
@@ -192,7 +204,8 @@ class UsageHistory:
                 for grp, mx, mn, ref, would, cmx, seconds, last in rows]
 
     def _capacities(self, license: str, start: float, end: float) -> dict[float, int]:
-        rows = self._db.execute("SELECT at, capacity FROM usage_buckets WHERE license = ? AND at >= ? AND at < ?",
+        rows = self._db.execute("SELECT at, capacity FROM usage_buckets WHERE license = ? AND step IN (60, 3600) "
+                                "AND at >= ? AND at < ?",
                                 (license, start, end))
         return {at: cap for at, cap in rows}
 
@@ -207,7 +220,10 @@ class UsageHistory:
         """The pool's capacity per license as recorded in the last bucket (P1: the cluster's pool)."""
         if not self._has_tables:
             return {}
-        rows = self._db.execute(
-            "SELECT license, capacity FROM usage_buckets AS b WHERE at = "
-            "(SELECT MAX(at) FROM usage_buckets AS l WHERE l.license = b.license)")
-        return {lic: cap for lic, cap in rows}
+        out = {}
+        for lic in LICENSES:
+            row = self._db.execute("SELECT capacity, at FROM usage_buckets WHERE license = ? AND step IN (60, 3600) "
+                                   "ORDER BY at DESC LIMIT 1", (lic,)).fetchone()
+            if row is not None:
+                out[lic] = row[0]
+        return out

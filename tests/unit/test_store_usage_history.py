@@ -1,5 +1,7 @@
 """The durable usage history: minute buckets from the tick, roll-up, retention, peaks kept (principle 4)."""
 
+import sqlite3
+
 import pytest
 
 from meter import catalogs
@@ -146,3 +148,18 @@ def test_usage_config_keys_are_validated_and_named():
         parse('[usage]\nretention_days = "a year"\n')
     with pytest.raises(ConfigError, match=r"\[usage\] unknown key 'days'"):
         parse("[usage]\ndays = 3\n")
+
+
+def test_l2_factory_reset_clears_the_usage_history_and_peaks(tmp_path):
+    """L2: a factory reset returns usage to defaults too (after its backup)."""
+    with UsageHistory(tmp_path) as history:
+        history.record({"rms": {"start": T0, "max": 2.0, "min": 0.0, "cluster_max": 2.0, "capacity": 2,
+                                "refusals": 0, "would_refuse": 0}})
+        history.save_peaks({"licenses": {"rms": {"peak": [4, T0]}}}, T0)
+    with LicensingStore(tmp_path) as store:
+        store.factory_reset(confirmed=True, backup_path=tmp_path / "backup.sqlite")
+    with UsageHistory(tmp_path) as history:
+        assert history.buckets("rms", 0, T0 + 60) == [] and history.load_peaks() is None
+    backup = sqlite3.connect(tmp_path / "backup.sqlite")
+    assert backup.execute("SELECT at, max FROM usage_buckets").fetchall() == [(T0, 2.0)]  # the backup keeps it
+    backup.close()
