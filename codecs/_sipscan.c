@@ -22,17 +22,26 @@ static PyObject *KnownKeys = NULL;     /* tuple of interned canonical names, mat
 static PyObject *KeyVia, *KeyFrom, *KeyTo, *KeyCallId, *KeyCSeq, *KeyMaxForwards, *KeyContentLength,
     *KeyExpires;
 
-/* RFC 3261 §25.1 token characters. */
-static unsigned char TOKEN[256];
+/* Character classes (RFC 3261 §25.1), as the pure-Python fast paths' regular expressions spell them:
+ * TOKEN token; USER the fast path's user part; PCHAR uri-parameter characters (paramchar without
+ * escapes); HOST hostname characters. */
+static unsigned char TOKEN[256], USER[256], PCHAR[256], HOST[256];
+
+static void set_chars(unsigned char *table, const char *extra)
+{
+    memset(table, 0, 256);
+    for (int c = 'a'; c <= 'z'; c++) table[c] = 1;
+    for (int c = 'A'; c <= 'Z'; c++) table[c] = 1;
+    for (int c = '0'; c <= '9'; c++) table[c] = 1;
+    for (const char *p = extra; *p; p++) table[(unsigned char)*p] = 1;
+}
 
 static void init_tables(void)
 {
-    const char *extra = "-.!%*_+`'~";
-    memset(TOKEN, 0, sizeof TOKEN);
-    for (int c = 'a'; c <= 'z'; c++) TOKEN[c] = 1;
-    for (int c = 'A'; c <= 'Z'; c++) TOKEN[c] = 1;
-    for (int c = '0'; c <= '9'; c++) TOKEN[c] = 1;
-    for (const char *p = extra; *p; p++) TOKEN[(unsigned char)*p] = 1;
+    set_chars(TOKEN, "-.!%*_+`'~");
+    set_chars(USER, "-_.!~*'()&=+$,");
+    set_chars(PCHAR, "-_.!~*'()[]/:&+$");
+    set_chars(HOST, "-.");
 }
 
 static inline int is_blank(unsigned char c) { return c == ' ' || c == '\t'; }
@@ -416,6 +425,275 @@ done:
 #undef FALLBACK
 }
 
+/* ---- value fast paths (codecs/sip_grammar.py _VIA_FAST and _NAME_ADDR_FAST, same language) ---- */
+
+static inline int is_alnum(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+}
+
+/* Set dict[lower(name)] = value (or None); name/value are [a, b) spans of s. */
+static int put_param(PyObject *dict, const unsigned char *s, Py_ssize_t na, Py_ssize_t nb, Py_ssize_t va,
+                     Py_ssize_t vb)
+{
+    char small[64];
+    char *buf = small;
+    Py_ssize_t n = nb - na;
+    if (n > (Py_ssize_t)sizeof small) {
+        buf = PyMem_Malloc((size_t)n);
+        if (buf == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
+    for (Py_ssize_t i = 0; i < n; i++) buf[i] = (char)lower(s[na + i]);
+    PyObject *name = PyUnicode_FromStringAndSize(buf, n);
+    if (buf != small) PyMem_Free(buf);
+    if (name == NULL) return -1;
+    PyObject *value;
+    if (va < 0) {
+        value = Py_None;
+        Py_INCREF(value);
+    } else {
+        value = PyUnicode_FromStringAndSize((const char *)s + va, vb - va);
+        if (value == NULL) {
+            Py_DECREF(name);
+            return -1;
+        }
+    }
+    int rc = PyDict_SetItem(dict, name, value);
+    Py_DECREF(name);
+    Py_DECREF(value);
+    return rc;
+}
+
+/* _SIMPLE_PARAMS = (?:;token(?:=(?:token|"[^"\\;\r\n]*"))?)* from *pos up to n: 0 matched all, 1 no match, -1 error. */
+static int header_params(const unsigned char *s, Py_ssize_t n, Py_ssize_t *pos, PyObject *dict)
+{
+    Py_ssize_t i = *pos;
+    while (i < n) {
+        if (s[i] != ';') return 1;
+        Py_ssize_t na = ++i;
+        while (i < n && TOKEN[s[i]]) i++;
+        Py_ssize_t nb = i, va = -1, vb = -1;
+        if (nb == na) return 1;
+        if (i < n && s[i] == '=') {
+            i++;
+            va = i;
+            if (i < n && s[i] == '"') {
+                i++;
+                while (i < n && s[i] != '"') {
+                    unsigned char c = s[i];
+                    if (c == '\\' || c == ';' || c == '\r' || c == '\n') return 1;
+                    i++;
+                }
+                if (i >= n) return 1;
+                i++;  /* closing quote */
+            } else {
+                while (i < n && TOKEN[s[i]]) i++;
+                if (i == va) return 1;
+            }
+            vb = i;
+        }
+        if (put_param(dict, s, na, nb, va, vb) < 0) return -1;
+    }
+    *pos = i;
+    return 0;
+}
+
+/* hostname of the fast paths: [A-Za-z0-9](?:[A-Za-z0-9\-.]*[A-Za-z0-9.])? -> end, or -1 */
+static Py_ssize_t hostname(const unsigned char *s, Py_ssize_t n, Py_ssize_t i)
+{
+    if (i >= n || !is_alnum(s[i])) return -1;
+    Py_ssize_t a = i;
+    while (i < n && HOST[s[i]]) i++;
+    if (i - a > 1 && s[i - 1] == '-') return -1;
+    return i;
+}
+
+/* (?::([0-9]{1,5}))? at i: sets *port (or leaves None) and returns the new i, or -1 when the port
+ * is not 1-5 digits or is above 65535 (the reference raises then: let it). */
+static Py_ssize_t port_at(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, PyObject **port)
+{
+    *port = NULL;
+    if (i < n && s[i] == ':') {
+        Py_ssize_t a = ++i;
+        long v = 0;
+        while (i < n && s[i] >= '0' && s[i] <= '9' && i - a < 6) v = v * 10 + (s[i++] - '0');
+        if (i == a || i - a > 5 || v > 65535) return -1;
+        *port = PyLong_FromLong(v);
+        if (*port == NULL) return -2;
+    }
+    return i;
+}
+
+static inline void strip_ws(const unsigned char *s, Py_ssize_t *a, Py_ssize_t *b)
+{
+    while (*a < *b && is_blank(s[*a])) (*a)++;
+    while (*b > *a && is_blank(s[*b - 1])) (*b)--;
+}
+
+/* via(text) -> (transport_upper, host, port|None, params) | None (not the fast shape: ask Python) */
+static PyObject *via(PyObject *self, PyObject *text)
+{
+    if (!PyUnicode_Check(text) || !PyUnicode_IS_ASCII(text)) Py_RETURN_NONE;
+    const unsigned char *s = PyUnicode_1BYTE_DATA(text);
+    Py_ssize_t a = 0, n = PyUnicode_GET_LENGTH(text);
+    strip_ws(s, &a, &n);
+    if (n - a < 9 || memcmp(s + a, "SIP/2.0/", 8) != 0) Py_RETURN_NONE;
+    Py_ssize_t i = a + 8, ta = i;
+    while (i < n && ((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z'))) i++;
+    Py_ssize_t tb = i;
+    if (tb == ta || i >= n || s[i] != ' ') Py_RETURN_NONE;
+    Py_ssize_t ha = ++i;
+    i = hostname(s, n, i);
+    if (i < 0) Py_RETURN_NONE;
+    Py_ssize_t hb = i;
+    PyObject *port;
+    i = port_at(s, n, i, &port);
+    if (i == -2) return NULL;
+    if (i < 0) Py_RETURN_NONE;
+    PyObject *params = PyDict_New();
+    if (params == NULL) {
+        Py_XDECREF(port);
+        return NULL;
+    }
+    int rc = header_params(s, n, &i, params);
+    if (rc != 0) {
+        Py_XDECREF(port);
+        Py_DECREF(params);
+        if (rc < 0) return NULL;
+        Py_RETURN_NONE;
+    }
+    char tbuf[32];
+    if (tb - ta > (Py_ssize_t)sizeof tbuf) {
+        Py_XDECREF(port);
+        Py_DECREF(params);
+        Py_RETURN_NONE;
+    }
+    for (Py_ssize_t k = ta; k < tb; k++) tbuf[k - ta] = (s[k] >= 'a' && s[k] <= 'z') ? (char)(s[k] - 32) : (char)s[k];
+    if (port == NULL) {
+        port = Py_None;
+        Py_INCREF(port);
+    }
+    return Py_BuildValue("(s#s#NN)", tbuf, tb - ta, (const char *)s + ha, hb - ha, port, params);
+}
+
+/* URI params of the fast path: (?:;pchar+(?:=pchar+)?)* -> end, or -1; fills dict; *upper when any A-Z. */
+static Py_ssize_t uri_params(const unsigned char *s, Py_ssize_t n, Py_ssize_t i, PyObject *dict, int *upper)
+{
+    while (i < n && s[i] == ';') {
+        Py_ssize_t na = ++i;
+        while (i < n && PCHAR[s[i]]) i++;
+        Py_ssize_t nb = i, va = -1, vb = -1;
+        if (nb == na) return -1;
+        if (i < n && s[i] == '=') {
+            va = ++i;
+            while (i < n && PCHAR[s[i]]) i++;
+            if (i == va) return -1;
+            vb = i;
+        }
+        for (Py_ssize_t k = na; k < i; k++)
+            if (s[k] >= 'A' && s[k] <= 'Z') *upper = 1;
+        if (put_param(dict, s, na, nb, va, vb) < 0) return -2;
+    }
+    return i;
+}
+
+/* name_addr(text) -> (display|None, scheme, user|None, host, port|None, uri_params, uri_text|None,
+ *                     params) | None (not the fast shape: ask Python) */
+static PyObject *name_addr(PyObject *self, PyObject *text)
+{
+    if (!PyUnicode_Check(text) || !PyUnicode_IS_ASCII(text)) Py_RETURN_NONE;
+    const unsigned char *s = PyUnicode_1BYTE_DATA(text);
+    Py_ssize_t a = 0, n = PyUnicode_GET_LENGTH(text);
+    strip_ws(s, &a, &n);
+    Py_ssize_t i = a, da = -1, db = -1;
+    if (i < n && s[i] == '"') {
+        da = ++i;
+        while (i < n && s[i] != '"') {
+            if (s[i] == '\\' || s[i] == '\r' || s[i] == '\n') Py_RETURN_NONE;
+            i++;
+        }
+        if (i >= n) Py_RETURN_NONE;
+        db = i++;
+        if (i < n && s[i] == ' ') i++;
+    } else if (i < n && TOKEN[s[i]]) {
+        da = i;
+        while (i < n && TOKEN[s[i]]) i++;
+        while (i + 1 < n && s[i] == ' ' && TOKEN[s[i + 1]]) {
+            i++;
+            while (i < n && TOKEN[s[i]]) i++;
+        }
+        db = i;
+        if (i < n && s[i] == ' ') i++;
+    }
+    if (i >= n || s[i] != '<') Py_RETURN_NONE;
+    Py_ssize_t ua = ++i;  /* the URI's text starts here */
+    if (n - i < 4 || memcmp(s + i, "sip", 3) != 0) Py_RETURN_NONE;
+    i += 3;
+    if (s[i] == 's') i++;
+    Py_ssize_t sb = i;
+    if (i >= n || s[i] != ':') Py_RETURN_NONE;
+    i++;
+    Py_ssize_t usa = i, usb = -1;
+    while (i < n && USER[s[i]]) i++;
+    if (i > usa && i < n && s[i] == '@') {
+        usb = i;
+        i++;
+    } else {
+        i = usa;
+    }
+    Py_ssize_t ha = i;
+    i = hostname(s, n, i);
+    if (i < 0) Py_RETURN_NONE;
+    Py_ssize_t hb = i;
+    PyObject *port = NULL, *uparams = NULL, *params = NULL, *out = NULL;
+    i = port_at(s, n, i, &port);
+    if (i == -2) return NULL;
+    if (i < 0) Py_RETURN_NONE;
+    int upper = 0;
+    uparams = PyDict_New();
+    params = PyDict_New();
+    if (uparams == NULL || params == NULL) goto error;
+    i = uri_params(s, n, i, uparams, &upper);
+    if (i == -2) goto error;
+    if (i < 0 || i >= n || s[i] != '>') goto nomatch;
+    Py_ssize_t ub = i++;
+    int rc = header_params(s, n, &i, params);
+    if (rc < 0) goto error;
+    if (rc > 0) goto nomatch;
+    PyObject *display, *user, *scheme, *utext;
+    if (da >= 0) display = PyUnicode_FromStringAndSize((const char *)s + da, db - da);
+    else { display = Py_None; Py_INCREF(display); }
+    if (usb >= 0) user = PyUnicode_FromStringAndSize((const char *)s + usa, usb - usa);
+    else { user = Py_None; Py_INCREF(user); }
+    scheme = PyUnicode_FromStringAndSize((const char *)s + ua, sb - ua);
+    /* str() rebuilds exactly this text unless a parameter had capitals (they are lower-cased) */
+    if (!upper) utext = PyUnicode_FromStringAndSize((const char *)s + ua, ub - ua);
+    else { utext = Py_None; Py_INCREF(utext); }
+    if (port == NULL) { port = Py_None; Py_INCREF(port); }
+    if (display == NULL || user == NULL || scheme == NULL || utext == NULL) {
+        Py_XDECREF(display); Py_XDECREF(user); Py_XDECREF(scheme); Py_XDECREF(utext);
+        goto error;
+    }
+    out = Py_BuildValue("(NNNs#NONO)", display, scheme, user, (const char *)s + ha, hb - ha, port, uparams, utext,
+                        params);
+    Py_DECREF(uparams);
+    Py_DECREF(params);
+    return out;
+nomatch:
+    Py_XDECREF(port);
+    Py_XDECREF(uparams);
+    Py_XDECREF(params);
+    Py_RETURN_NONE;
+error:
+    Py_XDECREF(port);
+    Py_XDECREF(uparams);
+    Py_XDECREF(params);
+    return NULL;
+}
+
 static PyObject *intern_key(PyObject *tuple, const char *name)
 {
     /* The interned object from KnownKeys (so the identity tests in scan() hold). */
@@ -490,6 +768,9 @@ static PyObject *init(PyObject *self, PyObject *args)
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS, "scan(data, max_message_bytes, max_headers, max_header_bytes) -> tuple | None"},
     {"init", init, METH_VARARGS, "init(line_type, compact_forms, known_keys)"},
+    {"via", via, METH_O, "via(text) -> (transport, host, port, params) | None"},
+    {"name_addr", name_addr, METH_O,
+     "name_addr(text) -> (display, scheme, user, host, port, uri_params, uri_text, params) | None"},
     {NULL, NULL, 0, NULL},
 };
 

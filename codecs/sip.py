@@ -37,6 +37,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Iterable, NamedTuple
 
+from . import sip_grammar as _grammar
 from .sip_grammar import (
     URI, NameAddr, SIPError, Via, parse_name_addr, parse_params, parse_uri, parse_via, split_commas,
     quote, unquote,
@@ -1035,6 +1036,7 @@ def use_codec(name: str) -> str:
     if name not in ("compiled", "python"):
         raise ValueError("codec must be 'compiled' or 'python'")
     _scan, CODEC = None, "python"
+    _grammar._fast_via = _grammar._fast_name_addr = None
     if name == "compiled":
         try:
             from . import _sipscan
@@ -1042,6 +1044,7 @@ def use_codec(name: str) -> str:
             return CODEC
         _sipscan.init(_Line, COMPACT_FORMS, _KNOWN_KEYS)
         _scan, CODEC = _sipscan.scan, "compiled"
+        _grammar._fast_via, _grammar._fast_name_addr = _sipscan.via, _sipscan.name_addr
     return CODEC
 
 
