@@ -213,3 +213,66 @@ def test_mutated_and_random_bytes_same_with_both_codecs(data):
     """The fuzzer's mutations of real messages, and random bytes: same outcome, same reason."""
     run_differential(sip, data)
     sip.use_codec("compiled")
+
+
+def _codec_in_fresh_process(env_extra: dict[str, str], prelude: str = "") -> str:
+    import os
+    import subprocess
+    import sys
+
+    code = prelude + (
+        "from meter.codecs import sip\n"
+        "from meter.app import _sip_codec\n"
+        "m = sip.parse(b'OPTIONS sip:b SIP/2.0\\r\\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\\r\\nFrom: <sip:a@b>;tag=1\\r\\n"
+        "To: <sip:a@b>\\r\\nCall-ID: x\\r\\nCSeq: 1 OPTIONS\\r\\nContent-Length: 0\\r\\n\\r\\n')\n"
+        "assert m.top_via.branch == 'z9hG4bK1'\n"
+        "print(sip.CODEC, _sip_codec())\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "METER_PURE_CODEC"}
+    env.update(env_extra)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_codec_choice_at_start():
+    """The node starts with the compiled scanner when built (node.started logs sip_codec=compiled),
+    METER_PURE_CODEC=1 forces the Python codec, and without the extension the Python codec serves."""
+    assert _codec_in_fresh_process({}) == "compiled compiled"
+    assert _codec_in_fresh_process({"METER_PURE_CODEC": "1"}) == "python python"
+    hide = ("import sys, importlib.abc\n"
+            "class Hide(importlib.abc.MetaPathFinder):\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name == 'meter.codecs._sipscan': raise ImportError('not built')\n"
+            "sys.meta_path.insert(0, Hide())\n")
+    assert _codec_in_fresh_process({}, hide) == "python python"
+
+
+@pytest.mark.parametrize("pure", [False, True], ids=["compiled", "python"])
+def test_node_logs_its_codec_and_answers_with_it(tmp_path, monkeypatch, pure):
+    """A real `meter run`: its node.started line names the codec in use, and an OPTIONS sent over
+    UDP gets its 200 with the request's Via, From, To, Call-ID and CSeq back (RFC 3261 §8.2.6.2)."""
+    import socket
+
+    from tests.integration.peers import MeterProcess
+
+    if pure:
+        monkeypatch.setenv("METER_PURE_CODEC", "1")
+    else:
+        monkeypatch.delenv("METER_PURE_CODEC", raising=False)
+    node = MeterProcess(tmp_path / "node").start()
+    try:
+        started = [line for line in node.log_path.read_text().splitlines() if "node.started" in line]
+        assert started and ("sip_codec=python" if pure else "sip_codec=compiled") in started[0], started
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind(("127.0.0.1", 0))
+            s.settimeout(10)
+            port = s.getsockname()[1]
+            s.sendto(b"OPTIONS sip:127.0.0.1 SIP/2.0\r\nv: SIP/2.0/UDP 127.0.0.1:%d;branch=z9hG4bKlog1;rport\r\n"
+                     b"Max-Forwards: 70\r\nf: <sip:probe@test>;tag=p1\r\nt: <sip:127.0.0.1>\r\ni: probe-1\r\n"
+                     b"CSeq: 7 OPTIONS\r\nl: 0\r\n\r\n" % port, ("127.0.0.1", node.sip_port))
+            answer = sip.parse(s.recv(65535))
+        assert answer.status == 200 and answer.call_id == "probe-1" and answer.cseq == (7, "OPTIONS")
+        assert answer.top_via.branch == "z9hG4bKlog1" and answer.from_.tag == "p1"
+    finally:
+        node.stop()
