@@ -600,6 +600,68 @@ static Py_ssize_t uri_params(const unsigned char *s, Py_ssize_t n, Py_ssize_t i,
     return i;
 }
 
+/* uri(text) -> (scheme, user|None, host, port|None, params, text|None) | None: the SIP URI fast path
+ * (_SIP_URI_FAST) for "sip:" / "sips:" written in lower case; anything else: ask Python. */
+static PyObject *uri(PyObject *self, PyObject *text)
+{
+    if (!PyUnicode_Check(text) || !PyUnicode_IS_ASCII(text)) Py_RETURN_NONE;
+    const unsigned char *s = PyUnicode_1BYTE_DATA(text);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(text), i = 0;
+    if (n < 5 || memcmp(s, "sip", 3) != 0) Py_RETURN_NONE;
+    i = 3;
+    if (s[i] == 's') i++;
+    Py_ssize_t sb = i;
+    if (i >= n || s[i] != ':') Py_RETURN_NONE;
+    i++;
+    Py_ssize_t usa = i, usb = -1;
+    while (i < n && USER[s[i]]) i++;
+    if (i > usa && i < n && s[i] == '@') {
+        usb = i;
+        i++;
+    } else {
+        i = usa;
+    }
+    Py_ssize_t ha = i;
+    i = hostname(s, n, i);
+    if (i < 0) Py_RETURN_NONE;
+    Py_ssize_t hb = i;
+    PyObject *port = NULL, *params = NULL;
+    i = port_at(s, n, i, &port);
+    if (i == -2) return NULL;
+    if (i < 0) Py_RETURN_NONE;
+    int upper = 0;
+    params = PyDict_New();
+    if (params == NULL) {
+        Py_XDECREF(port);
+        return NULL;
+    }
+    i = uri_params(s, n, i, params, &upper);
+    if (i == -2 || i != n) {
+        Py_XDECREF(port);
+        Py_DECREF(params);
+        if (i == -2) return NULL;
+        Py_RETURN_NONE;
+    }
+    PyObject *user;
+    if (usb >= 0) {
+        user = PyUnicode_FromStringAndSize((const char *)s + usa, usb - usa);
+        if (user == NULL) {
+            Py_XDECREF(port);
+            Py_DECREF(params);
+            return NULL;
+        }
+    } else {
+        user = Py_None;
+        Py_INCREF(user);
+    }
+    if (port == NULL) {
+        port = Py_None;
+        Py_INCREF(port);
+    }
+    PyObject *utext = upper ? Py_None : text;  /* str() rebuilds exactly this text */
+    return Py_BuildValue("(s#Ns#NNO)", (const char *)s, sb, user, (const char *)s + ha, hb - ha, port, params, utext);
+}
+
 /* name_addr(text) -> (display|None, scheme, user|None, host, port|None, uri_params, uri_text|None,
  *                     params) | None (not the fast shape: ask Python) */
 static PyObject *name_addr(PyObject *self, PyObject *text)
@@ -768,6 +830,7 @@ static PyObject *init(PyObject *self, PyObject *args)
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS, "scan(data, max_message_bytes, max_headers, max_header_bytes) -> tuple | None"},
     {"init", init, METH_VARARGS, "init(line_type, compact_forms, known_keys)"},
+    {"uri", uri, METH_O, "uri(text) -> (scheme, user, host, port, params, text) | None"},
     {"via", via, METH_O, "via(text) -> (transport, host, port, params) | None"},
     {"name_addr", name_addr, METH_O,
      "name_addr(text) -> (display, scheme, user, host, port, uri_params, uri_text, params) | None"},

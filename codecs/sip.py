@@ -1036,7 +1036,7 @@ def use_codec(name: str) -> str:
     if name not in ("compiled", "python"):
         raise ValueError("codec must be 'compiled' or 'python'")
     _scan, CODEC = None, "python"
-    _grammar._fast_via = _grammar._fast_name_addr = None
+    _grammar._fast_via = _grammar._fast_name_addr = _grammar._fast_uri = None
     if name == "compiled":
         try:
             from . import _sipscan
@@ -1044,7 +1044,7 @@ def use_codec(name: str) -> str:
             return CODEC
         _sipscan.init(_Line, COMPACT_FORMS, _KNOWN_KEYS)
         _scan, CODEC = _sipscan.scan, "compiled"
-        _grammar._fast_via, _grammar._fast_name_addr = _sipscan.via, _sipscan.name_addr
+        _grammar._fast_via, _grammar._fast_name_addr, _grammar._fast_uri = _sipscan.via, _sipscan.name_addr, _sipscan.uri
     return CODEC
 
 

@@ -75,6 +75,13 @@ _VIA_HEAD_RE = re.compile(
 )
 
 
+# The compiled scanner's versions of the fast paths below (codecs/_sipscan.c), set by sip.use_codec:
+# same language, same values; ``None`` from them means "not the fast shape", and Python goes on.
+_fast_uri = None
+_fast_name_addr = None
+_fast_via = None
+
+
 def unquote(text: str) -> str:
     """``"a \\"b\\""`` -> ``a "b"``; text without surrounding quotes is returned as is."""
     if len(text) >= 2 and text[0] == '"' and text[-1] == '"':
@@ -244,6 +251,14 @@ class URI:
 
 def parse_uri(text: str) -> URI:
     """Parse a URI (RFC 3261 §25.1 SIP-URI / SIPS-URI, RFC 3966 tel, else absoluteURI)."""
+    if _fast_uri is not None:
+        found = _fast_uri(text)
+        if found is not None:
+            scheme, user, host, port, params, utext = found
+            uri = URI(scheme, user, None, host, port, params, {})
+            if utext is not None:
+                uri._text = utext
+            return uri
     scheme, sep, rest = text.partition(":")
     if not sep or not _SCHEME_RE.fullmatch(scheme):
         raise SIPError("Bad Request - malformed URI")
@@ -386,12 +401,6 @@ def _simple_params(text: str) -> dict[str, str | None]:
         name, eq, value = p.partition("=")
         params[name.lower()] = value if eq else None
     return params
-
-
-# The compiled scanner's versions of the two fast paths (codecs/_sipscan.c), set by sip.use_codec:
-# same language, same values; ``None`` from them means "not the fast shape", and Python goes on.
-_fast_name_addr = None
-_fast_via = None
 
 
 def parse_name_addr(text: str) -> NameAddr:

@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 from bench.fuzz_targets import observe_sip, run_differential, sip_seeds
 from bench.mutations import mutated
 from meter.codecs import sip
+from tests.unit.test_codec_properties import name_addrs, requests, uris, vias
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "data"
@@ -183,14 +184,8 @@ def respelt(draw, message: bytes) -> bytes:
     return b"\r\n".join(out) + sep + body
 
 
-def _requests():
-    from tests.unit.test_codec_properties import requests
-
-    return requests()
-
-
 @SETTINGS
-@given(_requests())
+@given(requests())
 def test_generated_requests_same_with_both_codecs(req):
     """Hypothesis-generated requests, as serialised, and the 200 answered to them."""
     data = req.to_bytes()
@@ -199,7 +194,7 @@ def test_generated_requests_same_with_both_codecs(req):
 
 
 @SETTINGS
-@given(_requests().flatmap(lambda r: respelt(r.to_bytes())))
+@given(requests().flatmap(lambda r: respelt(r.to_bytes())))
 def test_respelt_requests_same_with_both_codecs(data):
     _same(data)
 
@@ -276,3 +271,32 @@ def test_node_logs_its_codec_and_answers_with_it(tmp_path, monkeypatch, pure):
         assert answer.top_via.branch == "z9hG4bKlog1" and answer.from_.tag == "p1"
     finally:
         node.stop()
+
+
+def _values_with(codec: str, fn, text: str):
+    sip.use_codec(codec)
+    try:
+        value = fn(text)
+        return ("ok", value, repr(value), str(value))
+    except sip.SIPError as e:
+        return ("SIPError", e.status, e.reason)
+    finally:
+        sip.use_codec("compiled")
+
+
+_VALUE_TEXT = st.one_of(
+    st.text(alphabet="sipSIP:@;=<>\"\\ \t,.-_[]0123456789abcxyzXYZ/?&%!~*'()+$`", max_size=60),
+    st.sampled_from(["sip:a@b", "sips:x.y:5061;transport=tls", "<sip:a@b;lr>;tag=1", "SIP/2.0/UDP h:5060;branch=z9hG4bK1",
+                     "\"A\" <sip:a@[::1]>", "sip:a@b:65536", "A B <sip:a@b-.c>;x=\"y;z\"", "SIP/2.0/tcp h;received=1.2.3.4"]),
+)
+
+
+@SETTINGS
+@given(st.one_of(_VALUE_TEXT, st.builds(lambda u, n, v, t: t.join([str(u), str(n), str(v)]),
+                                         uris(), name_addrs(), vias(), st.sampled_from(["", ";", " ", ">"]))))
+def test_value_fast_paths_same_with_both_codecs(text):
+    """parse_uri, parse_name_addr and parse_via (RFC 3261 §19.1, §20.10, §20.42) give equal values,
+    equal text and the same errors whether the C fast paths or the regular expressions take them."""
+    for fn in (sip.parse_uri, sip.parse_name_addr, sip.parse_via):
+        for candidate in (text, text.split(">")[0] + ">" if ">" in text else text, text.strip("<>")):
+            assert _values_with("compiled", fn, candidate) == _values_with("python", fn, candidate), (fn, candidate)
