@@ -124,7 +124,8 @@ static int ascii_ieq(const unsigned char *p, const char *s, Py_ssize_t n)
 /* scan(data, max_message_bytes, max_headers, max_header_bytes) -> tuple | None
  *
  * The tuple: (is_request, method|status, uri|reason, version, start_line_bytes, lines, index,
- *             body_start, end, content_length|None, cseq_number, cseq_method)
+ *             body_start, end, content_length|None, cseq_number, cseq_method, max_forwards|None,
+ *             expires|None)
  * lines: list of _Line; index: {key: [_Line, ...]} in line order.
  */
 static PyObject *scan(PyObject *self, PyObject *args)
@@ -317,17 +318,18 @@ static PyObject *scan(PyObject *self, PyObject *args)
         if (cseq_method == NULL) goto error;
     }
     /* Max-Forwards 0-255 (§20.22), Expires < 2**32 (§20.19): the first line's value */
+    long long mf_value = -1, exp_value = -1;
     if (mf != NULL) {
         if (mf->folded) FALLBACK;
         value_span(d, mf, &vs, &ve);
-        long long v = digits_1_10(d + vs, ve - vs);
-        if (v < 0 || v > 255) FALLBACK;
+        mf_value = digits_1_10(d + vs, ve - vs);
+        if (mf_value < 0 || mf_value > 255) FALLBACK;
     }
     if (exp != NULL) {
         if (exp->folded) FALLBACK;
         value_span(d, exp, &vs, &ve);
-        long long v = digits_1_10(d + vs, ve - vs);
-        if (v < 0 || v > 4294967295LL) FALLBACK;
+        exp_value = digits_1_10(d + vs, ve - vs);
+        if (exp_value < 0 || exp_value > 4294967295LL) FALLBACK;
     }
     /* Body by Content-Length (§18.3); without it, the rest of the datagram. */
     Py_ssize_t body_start = end + 4, msg_end = len;
@@ -400,8 +402,16 @@ static PyObject *scan(PyObject *self, PyObject *args)
         clen_obj = Py_None;
         Py_INCREF(clen_obj);
     }
-    result = Py_BuildValue("(OOOOOOOnnNLO)", is_request ? Py_True : Py_False, f1, f2, version, start_bytes,
-                           list, index, body_start, msg_end, clen_obj, number, cseq_method);
+    PyObject *mf_obj = mf_value >= 0 ? PyLong_FromLongLong(mf_value) : (Py_INCREF(Py_None), Py_None);
+    PyObject *exp_obj = exp_value >= 0 ? PyLong_FromLongLong(exp_value) : (Py_INCREF(Py_None), Py_None);
+    if (mf_obj == NULL || exp_obj == NULL) {
+        Py_DECREF(clen_obj);
+        Py_XDECREF(mf_obj);
+        Py_XDECREF(exp_obj);
+        goto error;
+    }
+    result = Py_BuildValue("(OOOOOOOnnNLONN)", is_request ? Py_True : Py_False, f1, f2, version, start_bytes,
+                           list, index, body_start, msg_end, clen_obj, number, cseq_method, mf_obj, exp_obj);
     goto done;
 
 fallback:

@@ -301,12 +301,18 @@ class Message:
         return self.header_values("contact") == ["*"]
 
     def _number(self, key: str, limit: int) -> int | None:
+        cache = self._cache
+        if key in cache:  # every edit of the header drops it (_touch)
+            return cache[key]  # type: ignore[return-value]
         v = self._first(key)
         if v is None:
-            return None
-        if not _DIGITS_RE.fullmatch(v) or int(v) > limit:
+            n = None
+        elif not _DIGITS_RE.fullmatch(v) or int(v) > limit:
             raise SIPError(f"Bad Request - malformed {spelling(key)}")
-        return int(v)
+        else:
+            n = int(v)
+        cache[key] = n
+        return n
 
     @property
     def expires(self) -> int | None:
@@ -781,9 +787,10 @@ def parse_python(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Request | Resp
 
 def _from_scan(data: bytes, found: tuple) -> Request | Response:
     """The message the compiled scanner found: lines split and indexed, Call-ID, CSeq, Max-Forwards,
-    Expires, Content-Length and the mandatory/single headers checked; the rest of :func:`_validate`
+    Expires, Content-Length and the mandatory/single headers checked (their values cached as
+    :func:`_validate` leaves them); the rest of :func:`_validate`
     (Vias, From, To, Contacts, Request-URI) runs here, in Python, exactly as on the reference path."""
-    is_request, f1, f2, version, start, lines, index, body_start, end, clen, cseq_n, cseq_m = found
+    is_request, f1, f2, version, start, lines, index, body_start, end, clen, cseq_n, cseq_m, mf, expires = found
     msg: Request | Response
     if is_request:
         msg = _new_request(Request)
@@ -796,7 +803,7 @@ def _from_scan(data: bytes, found: tuple) -> Request | Response:
     msg._version = version
     msg._lines = lines
     msg._index = index
-    msg._cache = {"cseq": CSeq(cseq_n, cseq_m)}
+    msg._cache = {"cseq": CSeq(cseq_n, cseq_m), "max-forwards": mf, "expires": expires}
     msg._clen = clen
     msg._start = start
     msg._end = end
