@@ -10,7 +10,7 @@ DEBIAN_TOOLS := kamailio:kamailio sipp:sip-tester redis-server:redis-server prom
                 /usr/lib/$(shell gcc -dumpmachine 2>/dev/null || echo x86_64-linux-gnu)/kamailio/modules/tls.so:kamailio-tls-modules
 PYTEST_ARGS ?=
 
-.PHONY: run test bench fuzz deps debian-deps clean
+.PHONY: run test bench fuzz fuzz-differential deps debian-deps clean
 
 run: $(VENV)/.installed
 	$(if $(CONFIG),,$(VENV)/bin/meter init --if-missing)
@@ -26,9 +26,14 @@ fuzz: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[fuzz]'
 	$(PY) -m bench.fuzz $(FUZZ_ARGS)
 
+# The compiled SIP scanner against the pure-Python codec only (issue 11): any observable difference is a finding.
+fuzz-differential: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[fuzz]'
+	$(PY) -m bench.fuzz --targets differential $(FUZZ_ARGS)
+
 deps: $(VENV)/.installed debian-deps
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py codecs/_sipscan.c
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
@@ -47,4 +52,4 @@ debian-deps:
 	fi
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis build codecs/*.so

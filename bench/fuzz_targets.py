@@ -17,6 +17,7 @@ from bench.devices import DEVICES
 from bench.services import REPO_DIR
 
 RFC4475_DIRS = (REPO_DIR / "tests" / "data" / "rfc4475",)  # vendored, see its README.md
+RFC5118_DIR = REPO_DIR / "tests" / "data" / "rfc5118"  # transcribed, see its README.md
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ def sip_seeds() -> list[bytes]:
         if d.is_dir():
             out += [p.read_bytes() for p in sorted(d.glob("*.dat"))]
             break
+    out += [p.read_bytes() for p in sorted(RFC5118_DIR.glob("*.dat"))]
     body = SDP_SEEDS[0].decode()
     out.append(_INVITE.format(length=len(body), body=body).encode())
     for i, device in enumerate(DEVICES[:4]):
@@ -180,6 +182,100 @@ def run_stream(sip, data: bytes) -> None:
                 # non-fatal: the messages framed before it come out of the next feed(b"")
 
 
+# ---- the two SIP codecs side by side (issue 11: the compiled scanner changes nothing observable) ----
+
+_NAMES = ("Via", "v", "From", "To", "Call-ID", "CSeq", "Contact", "m", "Max-Forwards", "Expires", "Route",
+          "Record-Route", "Content-Length", "l", "Content-Type", "Supported", "Require", "Proxy-Require",
+          "User-Agent", "Server", "Allow", "Timestamp", "Authorization", "Subject", "X-Unknown")
+
+
+def _shown(value) -> object:
+    """A value in a form that compares everything a caller can see (``str()`` of parsed values too:
+    a URI keeps the text it came from, which dataclass equality leaves out)."""
+    if isinstance(value, list):
+        return [_shown(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_shown(v) for v in value)
+    if isinstance(value, (bytes, str, int, bool, type(None))):
+        return value
+    uri = getattr(value, "uri", None)
+    return (type(value).__name__, repr(value), str(value), str(uri) if uri is not None else None)
+
+
+def observe_sip(sip, data: bytes, codec: str) -> list:
+    """Everything a node can observe of ``data`` with one codec: the outcome of ``parse`` (or the
+    error's status, reason and half-parsed message), every accessor, the answer built to it, the
+    proxy edits and the serialised bytes before and after them."""
+    sip.use_codec(codec)
+    out: list = []
+
+    def see(name, fn):
+        try:
+            out.append((name, _shown(fn())))
+        except sip.SIPError as e:
+            out.append((name, "SIPError", e.status, e.reason))
+
+    try:
+        msg = sip.parse(data)
+        out.append(("parse", "ok"))
+    except sip.SIPError as e:
+        out.append(("parse", "SIPError", e.status, e.reason, e.fatal, e.message is not None))
+        msg = e.message
+        if msg is None:
+            return out
+    request = isinstance(msg, sip.Request)
+    out.append(("type", type(msg).__name__))
+    if request:
+        see("method", lambda: msg.method)
+        see("uri", lambda: msg.uri)
+        see("request_uri", lambda: msg.request_uri)
+    else:
+        see("status", lambda: msg.status)
+        see("reason", lambda: msg.reason)
+    see("version", lambda: msg.version)
+    see("headers", lambda: msg.headers)
+    for name in _NAMES:
+        see("header " + name, lambda: msg.header(name))
+        see("header_values " + name, lambda: msg.header_values(name))
+        see("has_header " + name, lambda: msg.has_header(name))
+    for attr in ("vias", "top_via", "from_", "to", "contacts", "is_star_contact", "cseq", "call_id", "expires",
+                 "max_forwards", "content_type", "user_agent", "routes", "record_routes", "body"):
+        see(attr, lambda: getattr(msg, attr))
+    see("to_tag", lambda: msg.to.tag)
+    see("from_tag", lambda: msg.from_.tag)
+    see("branch", lambda: msg.top_via.branch)
+    see("sent_by", lambda: msg.top_via.sent_by)
+    see("to_bytes", msg.to_bytes)
+    see("copy", lambda: msg.copy().to_bytes())
+    if request:
+        see("400", lambda: sip.make_response(msg, 400, "Bad Request").to_bytes())
+        see("200", lambda: sip.make_response(msg, 200, to_tag="t1").to_bytes())
+    for name, edit in (("decrement_max_forwards", msg.decrement_max_forwards), ("pop_route", msg.pop_route),
+                       ("pop_via", msg.pop_via),
+                       ("push_via", lambda: msg.push_via("SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bKdiff")),
+                       ("add_record_route", lambda: msg.add_record_route("<sip:127.0.0.1:5060;lr>"))):
+        see(name, edit)
+    see("edited", msg.to_bytes)
+    return out
+
+
+def run_differential(sip, data: bytes) -> None:
+    """Both codecs over the same bytes must let the node observe exactly the same things."""
+    compiled = observe_sip(sip, data, "compiled")
+    python = observe_sip(sip, data, "python")
+    if compiled != python:
+        for a, b in zip(compiled, python):
+            if a != b:
+                raise AssertionError(f"codecs differ: compiled {a!r} python {b!r}")
+        raise AssertionError(f"codecs differ in length: {len(compiled)} vs {len(python)}")
+
+
+def _differential_available(sip) -> tuple[type, ...]:
+    if sip.use_codec("compiled") != "compiled":
+        raise SystemExit("the compiled SIP scanner is not built: pip install -e . with a C compiler")
+    return (sip.SIPError,)
+
+
 def run_sdp(sdp, data: bytes) -> None:
     session = sdp.parse(data)
     for fn in ("negotiated_media_count", "is_audio_only"):
@@ -196,6 +292,9 @@ TARGETS: dict[str, Target] = {
                   lambda m: (m.SIPError,), sip_seeds),
     "stream": Target("stream", "meter.codecs.sip", "sip.StreamReader.feed in data-chosen chunks", run_stream,
                      lambda m: (m.SIPError,), sip_seeds),
+    "differential": Target("differential", "meter.codecs.sip",
+                           "compiled scanner vs pure-Python codec: every accessor, edit and serialisation",
+                           run_differential, _differential_available, sip_seeds),
     "sdp": Target("sdp", "meter.codecs.sdp", "sdp.parse + negotiated_media_count/is_audio_only", run_sdp,
                   lambda m: (m.SDPError,), lambda: list(SDP_SEEDS)),
     "ras": Target("ras", "meter.codecs.ras", "ras.decode (H.225.0 RAS, aligned PER via pycrate)", run_ras,

@@ -234,11 +234,18 @@ def main(argv=None) -> int:
     parser.add_argument("--sort", default="tottime", choices=("tottime", "cumulative"),
                         help="--profile order: own time, or time including callees")
     parser.add_argument("--json", action="store_true", help="print {flow: [us per message, ...]} (for bench.run)")
+    parser.add_argument("--codec", choices=("compiled", "python"), default=None,
+                        help="SIP parser: the compiled scanner (default when built) or the pure-Python reference")
     parser.add_argument("--gc-stats", action="store_true",
                         help="per flow: tracked objects still alive per message handled (transactions wait out "
                              "RFC 3261 Timer J), and how long one full collection takes with them alive")
     args = parser.parse_args(argv)
     results: dict[str, list[float]] = {}
+    if args.codec is not None:
+        from meter.codecs import sip
+
+        if sip.use_codec(args.codec) != args.codec:
+            parser.error("the compiled SIP scanner is not built (pip install -e . with a C compiler)")
     import uvloop
 
     if args.no_gc:

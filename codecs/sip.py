@@ -31,11 +31,13 @@ Proxy-Require (420, see :func:`unsupported`), Max-Forwards 0 (483), unsupported 
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 from dataclasses import dataclass
 from typing import Iterable, NamedTuple
 
+from . import sip_grammar as _grammar
 from .sip_grammar import (
     URI, NameAddr, SIPError, Via, parse_name_addr, parse_params, parse_uri, parse_via, split_commas,
     quote, unquote,
@@ -50,6 +52,7 @@ __all__ = [
     "parse_uri", "parse_name_addr", "parse_via", "parse_params", "split_commas", "quote", "unquote",
     "make_response", "make_request", "header_key", "new_branch", "new_tag", "unsupported",
     "REASON_PHRASES", "reason_phrase", "BRANCH_MAGIC", "COMPACT_FORMS", "LIST_HEADERS",
+    "parse_python", "use_codec", "CODEC",
 ]
 
 #: RFC 3261 §8.1.1.7: branches of RFC 3261 transactions start with this magic cookie.
@@ -298,12 +301,18 @@ class Message:
         return self.header_values("contact") == ["*"]
 
     def _number(self, key: str, limit: int) -> int | None:
+        cache = self._cache
+        if key in cache:  # every edit of the header drops it (_touch)
+            return cache[key]  # type: ignore[return-value]
         v = self._first(key)
         if v is None:
-            return None
-        if not _DIGITS_RE.fullmatch(v) or int(v) > limit:
+            n = None
+        elif not _DIGITS_RE.fullmatch(v) or int(v) > limit:
             raise SIPError(f"Bad Request - malformed {spelling(key)}")
-        return int(v)
+        else:
+            n = int(v)
+        cache[key] = n
+        return n
 
     @property
     def expires(self) -> int | None:
@@ -706,7 +715,22 @@ def parse(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Request | Response:
     RFC 3261 §18.3: with Content-Length, the body is that many octets and anything after it is
     discarded (RFC 4475 §3.1.1.8 dblreq); fewer octets than it says -> ``SIPError`` (RFC 4475
     §3.1.2.2 clerr). Without it (datagrams only) the body is the rest of the datagram.
+
+    With the compiled scanner (:data:`CODEC` ``"compiled"``) the splitting and the eager checks of
+    the fields every message needs run in C; whatever it is not sure of takes the pure-Python path
+    below, the reference, so both give the same messages and the same errors.
     """
+    if not isinstance(data, bytes):
+        data = bytes(data)
+    if _scan is not None:
+        found = _scan(data, limits.max_message_bytes, limits.max_headers, limits.max_header_bytes)
+        if found is not None:
+            return _from_scan(data, found)
+    return parse_python(data, limits)
+
+
+def parse_python(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Request | Response:
+    """:func:`parse` in pure Python: the reference (and the path of every message the scanner leaves)."""
     if not isinstance(data, bytes):
         data = bytes(data)
     if len(data) > limits.max_message_bytes:
@@ -760,6 +784,53 @@ def parse(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Request | Response:
     msg._data = data
     return msg
 
+
+def _from_scan(data: bytes, found: tuple) -> Request | Response:
+    """The message the compiled scanner found: lines split and indexed, Call-ID, CSeq, Max-Forwards,
+    Expires, Content-Length and the mandatory/single headers checked (their values cached as
+    :func:`_validate` leaves them); the rest of :func:`_validate`
+    (Vias, From, To, Contacts, Request-URI) runs here, in Python, exactly as on the reference path."""
+    is_request, f1, f2, version, start, lines, index, body_start, end, clen, cseq_n, cseq_m, mf, expires = found
+    msg: Request | Response
+    if is_request:
+        msg = _new_request(Request)
+        msg._method = f1
+        msg._uri = f2
+    else:
+        msg = _new_response(Response)
+        msg._status = f1
+        msg._reason = f2
+    msg._version = version
+    msg._lines = lines
+    msg._index = index
+    msg._cache = {"cseq": CSeq(cseq_n, cseq_m), "max-forwards": mf, "expires": expires}
+    msg._clen = clen
+    msg._start = start
+    msg._end = end
+    msg.body = msg._body0 = data[body_start:end]
+    msg._data = None
+    try:
+        msg.vias
+        msg.from_
+        msg.to
+        if "contact" in index:
+            msg.contacts
+        if is_request:
+            uri = msg.request_uri  # type: ignore[union-attr]
+            if uri.scheme == "sip" or uri.scheme == "sips":
+                if uri.headers:
+                    raise SIPError("Bad Request - headers not allowed in Request-URI")  # §19.1.1 table
+            elif uri.scheme != "tel":
+                raise SIPError(f"Unsupported URI Scheme - {uri.scheme}", 416)  # RFC 3261 §8.2.2.1
+    except SIPError as e:
+        e.message = msg
+        raise
+    msg._data = data
+    return msg
+
+
+_new_request = object.__new__
+_new_response = object.__new__
 
 _MANDATORY = ("via", "from", "to", "call-id", "cseq")  # RFC 3261 §8.1.1
 
@@ -956,6 +1027,42 @@ def make_request(
 def new_branch() -> str:
     """RFC 3261 §8.1.1.7: magic cookie + a token unique in space and time (64 random bits)."""
     return BRANCH_MAGIC + secrets.token_hex(8)
+
+
+# ---- the compiled scanner (codecs/_sipscan.c), when built ----------------------------------------
+
+_scan = None
+CODEC = "python"
+"""Which parser :func:`parse` uses: ``"compiled"`` (the C scanner, falling back per message) or ``"python"``."""
+
+
+def use_codec(name: str) -> str:
+    """Select ``"compiled"`` or ``"python"``; returns what is in use (``"python"`` when the extension
+    is not built). ``METER_PURE_CODEC=1`` in the environment makes the module start with ``"python"``."""
+    global _scan, CODEC
+    if name not in ("compiled", "python"):
+        raise ValueError("codec must be 'compiled' or 'python'")
+    _scan, CODEC = None, "python"
+    _grammar._fast_via = _grammar._fast_name_addr = _grammar._fast_uri = None
+    if name == "compiled":
+        try:
+            from . import _sipscan
+        except ImportError:  # not built (no compiler at install): the pure-Python codec serves
+            return CODEC
+        _sipscan.init(_Line, COMPACT_FORMS, _KNOWN_KEYS)
+        _scan, CODEC = _sipscan.scan, "compiled"
+        _grammar._fast_via, _grammar._fast_name_addr, _grammar._fast_uri = _sipscan.via, _sipscan.name_addr, _sipscan.uri
+    return CODEC
+
+
+# Names the scanner hands out as shared (interned) strings; any other name gets a fresh one.
+_KNOWN_KEYS = tuple(sorted({*COMPACT_FORMS.values(), *LIST_HEADERS, *SINGLE_HEADERS, "expires", "content-type",
+                            "user-agent", "server", "authorization", "www-authenticate", "proxy-authenticate",
+                            "proxy-authorization", "timestamp", "date", "subject", "session-expires", "min-se",
+                            "min-expires", "organization", "rseq", "rack", "authentication-info", "retry-after",
+                            "priority", "mime-version", "accept-language"}))
+
+use_codec("python" if os.environ.get("METER_PURE_CODEC") == "1" else "compiled")
 
 
 _TAG_POOL = bytearray()

@@ -75,6 +75,13 @@ _VIA_HEAD_RE = re.compile(
 )
 
 
+# The compiled scanner's versions of the fast paths below (codecs/_sipscan.c), set by sip.use_codec:
+# same language, same values; ``None`` from them means "not the fast shape", and Python goes on.
+_fast_uri = None
+_fast_name_addr = None
+_fast_via = None
+
+
 def unquote(text: str) -> str:
     """``"a \\"b\\""`` -> ``a "b"``; text without surrounding quotes is returned as is."""
     if len(text) >= 2 and text[0] == '"' and text[-1] == '"':
@@ -244,6 +251,14 @@ class URI:
 
 def parse_uri(text: str) -> URI:
     """Parse a URI (RFC 3261 §25.1 SIP-URI / SIPS-URI, RFC 3966 tel, else absoluteURI)."""
+    if _fast_uri is not None:
+        found = _fast_uri(text)
+        if found is not None:
+            scheme, user, host, port, params, utext = found
+            uri = URI(scheme, user, None, host, port, params, {})
+            if utext is not None:
+                uri._text = utext
+            return uri
     scheme, sep, rest = text.partition(":")
     if not sep or not _SCHEME_RE.fullmatch(scheme):
         raise SIPError("Bad Request - malformed URI")
@@ -390,6 +405,14 @@ def _simple_params(text: str) -> dict[str, str | None]:
 
 def parse_name_addr(text: str) -> NameAddr:
     """Parse From/To/Contact/Route style values (RFC 3261 §25.1 name-addr / addr-spec + params)."""
+    if _fast_name_addr is not None:
+        found = _fast_name_addr(text)
+        if found is not None:
+            display, scheme, user, host, port, uparams, utext, params = found
+            uri = URI(scheme, user, None, host, port, uparams, {})
+            if utext is not None:
+                uri._text = utext
+            return NameAddr(display, uri, params)
     s = text.strip(_WS)
     m = _NAME_ADDR_FAST.fullmatch(s)
     if m is not None:
@@ -509,6 +532,13 @@ def _check_received(rv: str | None) -> None:
 
 def parse_via(text: str) -> Via:
     """Parse one Via value (not a comma list; see :func:`split_commas`)."""
+    if _fast_via is not None:
+        found = _fast_via(text)
+        if found is not None:
+            transport, host, port, params = found
+            if "received" in params:
+                _check_received(params["received"])
+            return Via("SIP/2.0", transport, host, port, params)
     s = text.strip(_WS)
     m = _VIA_FAST.fullmatch(s)
     if m is not None:

@@ -84,7 +84,8 @@ class Node:
             await self.admin.start()
         log_event(log, "node.started", name=self.config.node.name, role=self.config.node.role,
                   mode=self.config.sip.mode, sip_port=self.sip.port, ras_port=self.ras.port if self.ras else 0,
-                  admin_port=self.admin.port if self.admin else 0, config=self.config.source)
+                  admin_port=self.admin.port if self.admin else 0, config=self.config.source,
+                  sip_codec=_sip_codec())
 
     def _restore_state(self) -> None:
         """Before any message is handled: the bindings and calls of the last run, charged again as
@@ -251,3 +252,10 @@ def main(config: Config) -> int:
         log_event(log, "node.cannot_start", level=logging.ERROR, error=str(exc))
         return 1
     return 0
+
+
+def _sip_codec() -> str:
+    """"compiled" (codecs/_sipscan.c) or "python" (not built, or METER_PURE_CODEC=1): logged at start."""
+    from meter.codecs import sip
+
+    return sip.CODEC
