@@ -3,8 +3,9 @@
 Each transaction is a state plus a few timers; behaviour lives in :data:`TABLE`, keyed by
 ``(kind, state, event)`` -> ``(next state, actions)``, in the style of h11's ``_state.py``. Anything
 not in the table is absorbed (a retransmission the state no longer cares about, a timer that raced
-a transition). Timers are one ``clock.call_later`` each, no task per transaction; every state
-lists the timers that may outlive entering it (:data:`LIVE_TIMERS`), the rest are cancelled.
+a transition). Timers live on the layer's :class:`~meter.sip.timer_wheel.TimerWheel` (bucketed
+deadlines, one loop timer for all), no task per transaction; every state lists the timers that may
+outlive entering it (:data:`LIVE_TIMERS`), the rest are cancelled.
 
 The INVITE machines include RFC 6026's Accepted state: after a 2xx the transactions stay for
 64*T1 so retransmitted INVITEs are absorbed and retransmitted 2xx still reach the caller.
@@ -20,6 +21,7 @@ from typing import Callable, Protocol
 from meter.codecs.sip import BRANCH_MAGIC, Request, Response, make_request
 from meter.sip.clock import Clock
 from meter.sip.peer import Peer
+from meter.sip.timer_wheel import TimerWheel
 
 log = logging.getLogger("meter.sip.transaction")
 
@@ -223,7 +225,7 @@ class Transaction:
         old = self._timers.pop(name, None)
         if old is not None:
             old.cancel()
-        self._timers[name] = self.layer.clock.call_later(delay, self._fire, name)
+        self._timers[name] = self.layer.wheel.call_later(delay, self._fire, name)
 
     def _fire(self, name: str) -> None:
         self._timers.pop(name, None)
@@ -454,8 +456,11 @@ def server_key(request: Request, method: str | None = None) -> tuple:
 class TransactionLayer:
     """Live transactions by key, O(1) lookups; creates, matches and forgets them."""
 
-    def __init__(self, clock: Clock, send: Callable[[bytes, Peer], None], timers: Timers | None = None) -> None:
+    def __init__(self, clock: Clock, send: Callable[[bytes, Peer], None], timers: Timers | None = None,
+                 wheel: TimerWheel | None = None) -> None:
         self.clock = clock
+        self._own_wheel = wheel is None
+        self.wheel = wheel or TimerWheel(clock)  # RFC 3261 timers: bucketed deadlines, not a loop handle each
         self.send = send
         self.timers = timers or Timers()
         self.servers: dict[tuple, ServerTransaction] = {}
@@ -508,3 +513,5 @@ class TransactionLayer:
             txn.cancel_timers()
         self.servers.clear()
         self.clients.clear()
+        if self._own_wheel:
+            self.wheel.close()
