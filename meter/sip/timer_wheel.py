@@ -64,6 +64,7 @@ class TimerWheel:
         if ticks_per_second <= 0:
             raise ValueError("ticks_per_second must be positive")
         self.clock = clock
+        self._time = clock.time  # bound once: call_later runs per message
         self.ticks_per_second = ticks_per_second
         self._buckets: dict[int, dict[WheelTimer, None]] = {}  # tick -> its timers (a dict: O(1) cancel)
         self._ticks: list[int] = []  # heap of the ticks in _buckets
@@ -79,7 +80,7 @@ class TimerWheel:
     def call_later(self, delay: float, callback: Callable[..., Any], *args: Any):
         if delay <= 0:
             return self.clock.call_later(0, callback, *args)
-        when = self.clock.time() + delay
+        when = self._time() + delay
         exact = when * self.ticks_per_second
         tick = int(exact)
         if tick < exact - _EPSILON:

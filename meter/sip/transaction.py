@@ -132,6 +132,8 @@ LIVE_TIMERS: dict[tuple[str, str], frozenset[str]] = {
     (NON_INVITE_SERVER, COMPLETED): frozenset("j"),
 }
 
+_NO_TIMERS: frozenset[str] = frozenset()
+
 # States after the final answer: the transaction only replays bytes or waits for its timer.
 _ANSWERED_STATES = frozenset({COMPLETED, CONFIRMED, ACCEPTED, TERMINATED})
 
@@ -217,9 +219,11 @@ class Transaction:
 
     def _enter(self, state: str) -> None:
         self.state = state
-        live = LIVE_TIMERS.get((self.kind, state), frozenset())
-        for name in [n for n in self._timers if n not in live]:
-            self._timers.pop(name).cancel()
+        timers = self._timers
+        if timers:  # most transitions find no timer running: no set, no list built for them
+            live = LIVE_TIMERS.get((self.kind, state), _NO_TIMERS)
+            for name in [n for n in timers if n not in live]:
+                timers.pop(name).cancel()
 
     def _start(self, name: str, delay: float) -> None:
         old = self._timers.pop(name, None)
