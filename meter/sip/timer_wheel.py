@@ -33,15 +33,15 @@ _EPSILON = 1e-6  # in ticks: float rounding of "now + delay" must not push a dea
 
 
 class WheelTimer:
-    """One started timer; :meth:`cancel` is all its owner needs (the asyncio ``TimerHandle`` protocol)."""
+    """A timer started with :meth:`TimerWheel.call_later`; :meth:`cancel` is all its owner needs
+    (the asyncio ``TimerHandle`` protocol)."""
 
-    __slots__ = ("when", "callback", "args", "_bucket")
+    __slots__ = ("callback", "args", "_bucket")
 
-    def __init__(self, when: float, callback: Callable[..., Any], args: tuple, bucket: dict | None) -> None:
-        self.when = when
+    def __init__(self, callback: Callable[..., Any], args: tuple) -> None:
         self.callback = callback
         self.args = args
-        self._bucket = bucket  # None once fired or cancelled
+        self._bucket: dict | None = None  # None once fired or cancelled
 
     def cancel(self) -> None:
         bucket = self._bucket
@@ -54,19 +54,30 @@ class WheelTimer:
         return self._bucket is None
 
     def __repr__(self) -> str:
-        return f"<WheelTimer at {self.when:.3f} {getattr(self.callback, '__qualname__', self.callback)}>"
+        return f"<WheelTimer {getattr(self.callback, '__qualname__', self.callback)}>"
+
+
+def _fire_handle(timer: WheelTimer) -> None:
+    timer._bucket = None
+    timer.callback(*timer.args)
 
 
 class TimerWheel:
-    """``call_later`` for many short-lived timers, on top of one timer of ``clock``."""
+    """Many short-lived timers on top of one timer of ``clock``.
+
+    Two ways in: :meth:`call_later` (a handle to cancel, for the odd per-call timer) and the
+    allocation-light :meth:`schedule` the transactions use per message: ``fire(key)`` runs at the
+    deadline unless the owner cancels with ``bucket.pop(key, None)`` on the bucket it was given.
+    """
 
     def __init__(self, clock: Clock, ticks_per_second: int = DEFAULT_TICKS_PER_SECOND) -> None:
         if ticks_per_second <= 0:
             raise ValueError("ticks_per_second must be positive")
         self.clock = clock
-        self._time = clock.time  # bound once: call_later runs per message
+        self._time = clock.time  # bound once: schedule runs per message
         self.ticks_per_second = ticks_per_second
-        self._buckets: dict[int, dict[WheelTimer, None]] = {}  # tick -> its timers (a dict: O(1) cancel)
+        # tick -> {key: (deadline, fire)}: a dict, so a cancel is one C-level pop
+        self._buckets: dict[int, dict[Any, tuple[float, Callable[[Any], Any]]]] = {}
         self._ticks: list[int] = []  # heap of the ticks in _buckets
         self._armed_tick: int | None = None  # the tick the loop timer is set for
         self._armed = None  # that loop timer's handle
@@ -77,9 +88,9 @@ class TimerWheel:
         """Timers started and neither fired nor cancelled (zero-delay ones excepted)."""
         return sum(len(bucket) for bucket in self._buckets.values())
 
-    def call_later(self, delay: float, callback: Callable[..., Any], *args: Any):
-        if delay <= 0:
-            return self.clock.call_later(0, callback, *args)
+    def schedule(self, delay: float, key: Any, fire: Callable[[Any], Any]):
+        """``fire(key)`` after ``delay`` seconds (> 0); returns the bucket to ``pop(key, None)`` from
+        to cancel. ``key`` must be hashable and unique among the owner's running timers."""
         when = self._time() + delay
         exact = when * self.ticks_per_second
         tick = int(exact)
@@ -93,16 +104,22 @@ class TimerWheel:
             heapq.heappush(self._ticks, tick)
             if self._armed_tick is None or tick < self._armed_tick:
                 self._arm(tick)
-        timer = WheelTimer(when, callback, args, bucket)
-        bucket[timer] = None
+        bucket[key] = (when, fire)
+        return bucket
+
+    def call_later(self, delay: float, callback: Callable[..., Any], *args: Any):
+        """``callback(*args)`` after ``delay`` seconds; returns a handle with ``cancel()``."""
+        if delay <= 0:
+            return self.clock.call_later(0, callback, *args)
+        timer = WheelTimer(callback, args)
+        timer._bucket = self.schedule(delay, timer, _fire_handle)
         return timer
 
     def close(self) -> None:
         """Forget every timer and stop the loop timer (the node is shutting down)."""
         self._closed = True
         for bucket in self._buckets.values():
-            for timer in bucket:
-                timer._bucket = None
+            bucket.clear()
         self._buckets.clear()
         self._ticks.clear()
         self._disarm()
@@ -114,7 +131,7 @@ class TimerWheel:
         if self._closed:
             return
         self._armed_tick = tick
-        self._armed = self.clock.call_later(max(0.0, tick / self.ticks_per_second - self.clock.time()), self._run)
+        self._armed = self.clock.call_later(max(0.0, tick / self.ticks_per_second - self._time()), self._run)
 
     def _disarm(self) -> None:
         if self._armed is not None:
@@ -125,7 +142,7 @@ class TimerWheel:
     def _run(self) -> None:
         # The loop may run a timer a little early (its clock resolution): the tick armed for is due.
         due = max(self._armed_tick if self._armed_tick is not None else -1,
-                  int(self.clock.time() * self.ticks_per_second + _EPSILON))
+                  int(self._time() * self.ticks_per_second + _EPSILON))
         self._armed = None
         self._armed_tick = None
         ticks, buckets = self._ticks, self._buckets
@@ -135,13 +152,13 @@ class TimerWheel:
             bucket = buckets.pop(tick)
             if not bucket:
                 continue
-            timers = list(bucket) if len(bucket) == 1 else sorted(bucket, key=_deadline)
-            for timer in timers:
-                if timer._bucket is None:  # cancelled by an earlier callback of this tick
+            # deadline order (ties: start order, the sort is stable)
+            entries = list(bucket.items()) if len(bucket) == 1 else sorted(bucket.items(), key=_deadline)
+            for key, (_, fire) in entries:
+                if bucket.pop(key, None) is None:  # cancelled by an earlier callback of this tick
                     continue
-                timer._bucket = None
                 try:
-                    timer.callback(*timer.args)
+                    fire(key)
                 except Exception:  # one broken callback must not lose the others of its tick
                     log.exception("sip.timer_wheel.callback_error")
         if due > self._done:
@@ -150,5 +167,5 @@ class TimerWheel:
             self._arm(ticks[0])
 
 
-def _deadline(timer: WheelTimer) -> float:
-    return timer.when
+def _deadline(entry: tuple) -> float:
+    return entry[1][0]

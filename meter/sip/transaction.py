@@ -189,7 +189,7 @@ class Transaction:
         self.peer = peer
         self.layer = layer
         self.owner = owner
-        self._timers: dict[str, object] = {}
+        self._timers: dict[str, object] = {}  # name -> the wheel bucket holding it (or a loop handle)
         self._interval = layer.timers.t1
         self.context = None  # the proxy's response context, or whatever the owner hangs here
 
@@ -223,13 +223,17 @@ class Transaction:
         if timers:  # most transitions find no timer running: no set, no list built for them
             live = LIVE_TIMERS.get((self.kind, state), _NO_TIMERS)
             for name in [n for n in timers if n not in live]:
-                timers.pop(name).cancel()
+                _cancel(self, name, timers.pop(name))
 
     def _start(self, name: str, delay: float) -> None:
-        old = self._timers.pop(name, None)
+        timers = self._timers
+        old = timers.pop(name, None)
         if old is not None:
-            old.cancel()
-        self._timers[name] = self.layer.wheel.call_later(delay, self._fire, name)
+            _cancel(self, name, old)
+        if delay > 0:  # on the wheel, keyed (transaction, timer): no handle object per timer
+            timers[name] = self.layer.wheel.schedule(delay, (self, name), _fire_timer)
+        else:  # zero over reliable transports (D, I, J, K): the loop's next pass, as RFC 3261 means
+            timers[name] = self.layer.clock.call_later(0, self._fire, name)
 
     def _fire(self, name: str) -> None:
         self._timers.pop(name, None)
@@ -240,8 +244,8 @@ class Transaction:
             log.exception("sip.transaction.timer_error")
 
     def cancel_timers(self) -> None:
-        for handle in self._timers.values():
-            handle.cancel()
+        for name, running in self._timers.items():
+            _cancel(self, name, running)
         self._timers.clear()
 
     @property
@@ -250,6 +254,19 @@ class Transaction:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.kind} {self.state} {self.key[0]}>"
+
+
+def _fire_timer(key: tuple[Transaction, str]) -> None:
+    txn, name = key
+    txn._fire(name)
+
+
+def _cancel(txn: Transaction, name: str, running) -> None:
+    """Stop one running timer: a wheel bucket holding it under (txn, name), or a loop handle."""
+    if type(running) is dict:
+        running.pop((txn, name), None)
+    else:
+        running.cancel()
 
 
 class ServerTransaction(Transaction):

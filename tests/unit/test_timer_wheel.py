@@ -212,3 +212,56 @@ def test_on_a_real_event_loop_timers_fire_in_order_within_a_tick_of_their_deadli
     fired = uvloop.run(run())
     assert [d for d, _ in fired] == [0.02, 0.021, 0.03, 0.05]
     assert all(at >= d - 0.002 for d, at in fired)  # the loop's own clock resolution, never a tick early
+
+
+def test_rfc3261_timer_j_of_many_transactions_rides_one_loop_timer_and_fires_at_64_t1():
+    """Non-INVITE server transactions answered over UDP wait out Timer J (64*T1, RFC 3261 §17.2.2):
+    a thousand of them hold one loop timer, and each ends when its own J fires."""
+    from meter.codecs.sip import make_response
+    from meter.sip import transaction as tx
+    from meter.sip.peer import Peer
+    from tests.sipclient import FakeNet, Phone
+
+    clock = FakeClock(start=1000.0)
+    net = FakeNet()
+    layer = tx.TransactionLayer(clock, net.send, tx.Timers(0.5, 4.0, 5.0))
+    phone = Phone("alice", "10.0.0.2", 5062)
+    udp = Peer("udp", "10.0.0.2", 5062)
+    txns = []
+    for i in range(1000):
+        req = phone.request("OPTIONS", "sip:lab.test")
+        st = layer.new_server(req, udp, tx.server_key(req), None)
+        st.respond(make_response(req, 200))
+        txns.append(st)
+        if i == 499:
+            clock.advance(0.25)  # the second half answered a quarter second later
+    assert clock.pending == 1 and len(layer.wheel) == 1000
+    assert all(t.running_timers == ("j",) for t in txns)
+    clock.advance(32.0 - 0.25 - 0.001)
+    assert all(t.state == tx.COMPLETED for t in txns)
+    clock.advance(0.001)  # 64*T1 after the first half's answer
+    assert [t.state for t in txns[:500]] == [tx.TERMINATED] * 500
+    assert [t.state for t in txns[500:]] == [tx.COMPLETED] * 500
+    clock.advance(0.25)
+    assert all(t.state == tx.TERMINATED for t in txns)
+    assert len(layer.servers) == 0 and len(layer.wheel) == 0 and clock.pending == 0
+
+
+def test_a_transaction_ended_early_leaves_nothing_on_the_wheel():
+    """RFC 3261 §17.1.2.2: a final answer stops Timers E and F of a non-INVITE client transaction."""
+    from meter.codecs.sip import make_response
+    from meter.sip import transaction as tx
+    from meter.sip.peer import Peer
+    from tests.sipclient import FakeNet, Phone
+
+    clock = FakeClock(start=1000.0)
+    net = FakeNet()
+    layer = tx.TransactionLayer(clock, net.send, tx.Timers(0.5, 4.0, 5.0))
+    req = Phone("alice", "10.0.0.2", 5062).request("OPTIONS", "sip:lab.test")
+    req.push_via("SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKwheel1")
+    ct = layer.new_client(req, Peer("udp", "10.0.0.9", 5060), None)
+    assert ct.running_timers == ("e", "f") and len(layer.wheel) == 2
+    ct.receive_response(make_response(req, 200))
+    assert ct.running_timers == ("k",) and len(layer.wheel) == 1  # E and F gone from their buckets
+    clock.advance(5.0)  # Timer K = T4
+    assert ct.terminated and len(layer.wheel) == 0
