@@ -194,20 +194,35 @@ def _cpu(fn) -> float:
         collections.close()
 
 
+PRELOAD = 0  # --registrations: other endpoints registered before each run (cost must stay flat)
+
+
+def _preload(h: Harness, count: int) -> None:
+    """Register ``PRELOAD`` endpoints numbered after the measured ones (their own aliases)."""
+    if not PRELOAD:
+        return
+    devices = population(count + PRELOAD)
+    for i in range(count, count + PRELOAD):
+        h.sent.clear()
+        h.feed(register(i, devices[i], seq=10_000_000 + i, cseq=1, via=ENDPOINTS, contact="%s:%d" % ENDPOINTS), ENDPOINTS)
+        if h.sent and h.sent[-1][0].startswith(b"REGISTER"):  # inline: the upstream registrar answers
+            h.feed(_upstream_ok(h.sent[-1][0]), UPSTREAM)
+    h.sent.clear()
+
+
 async def measure(flow: str, count: int) -> tuple[float, int]:
     """CPU seconds for one run of ``flow`` with ``count`` endpoints, and the messages it handled."""
+    h = Harness("inline" if flow == "inline" else "standalone")
+    _preload(h, count)
     if flow == "register":
-        h = Harness("standalone")
         regs = _registers(count, 1)
         return _cpu(lambda: [h.feed(r, ENDPOINTS) for r in regs]), count
     if flow == "refresh":
-        h = Harness("standalone")
         for r in _registers(count, 1):
             h.feed(r, ENDPOINTS)
         regs = _registers(count, 2)
         return _cpu(lambda: [h.feed(r, ENDPOINTS) for r in regs]), count
     if flow == "inline":
-        h = Harness("inline")
         regs = _registers(count, 1)
 
         def run():
@@ -217,7 +232,6 @@ async def measure(flow: str, count: int) -> tuple[float, int]:
                 h.feed(_upstream_ok(h.sent[-1][0]), UPSTREAM)
         return _cpu(run), 2 * count
     if flow == "call":
-        h = Harness("standalone")
         for r in _registers(count, 1):
             h.feed(r, ENDPOINTS)
         return _cpu(lambda: _calls(h, count)), 6 * count
@@ -239,7 +253,11 @@ def main(argv=None) -> int:
     parser.add_argument("--gc-stats", action="store_true",
                         help="per flow: tracked objects still alive per message handled (transactions wait out "
                              "RFC 3261 Timer J), and how long one full collection takes with them alive")
+    parser.add_argument("--registrations", type=int, default=0,
+                        help="register this many other endpoints before each run (per-message cost at scale)")
     args = parser.parse_args(argv)
+    global PRELOAD
+    PRELOAD = args.registrations
     results: dict[str, list[float]] = {}
     if args.codec is not None:
         from meter.codecs import sip

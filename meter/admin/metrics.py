@@ -8,6 +8,9 @@ takes values from a small fixed set: never a Call-ID or an alias.
 
 from __future__ import annotations
 
+import logging
+from typing import Any, Callable, Iterable
+
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
@@ -20,6 +23,20 @@ from meter.sip.router import RELAY_REFUSALS
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 CALL_CLASSES = {Media.SETUP: "setup", Media.VIDEO: "video", Media.AUDIO_SIP: "audio_sip",
                 Media.AUDIO_OTHER: "audio_other"}
+
+log = logging.getLogger("meter.admin.metrics")
+
+# More families, from other parts of the node (usage peaks, Smart Licensing): ``source(node, now)``
+# yields prometheus_client metric families at each scrape, after the node's own. One line adds one:
+# ``metrics.register_source(my_families)`` (or ``@metrics.register_source`` on the function).
+FamilySource = Callable[[Any, float], Iterable[Any]]
+EXTRA_FAMILY_SOURCES: list[FamilySource] = []
+
+
+def register_source(source: FamilySource) -> FamilySource:
+    if source not in EXTRA_FAMILY_SOURCES:
+        EXTRA_FAMILY_SOURCES.append(source)
+    return source
 
 
 class NodeCollector:
@@ -91,9 +108,8 @@ class NodeCollector:
         yield from self._ras_families()
         yield from self._latency_families()
         yield from self._gc_families()
-        from meter.smart.metrics import smart_families
-
-        yield from smart_families(self.node, now)
+        for source in EXTRA_FAMILY_SOURCES:
+            yield from _families_of(source, self.node, now)
 
     def _gc_families(self):
         collections = getattr(self.node, "collections", None)
@@ -193,7 +209,34 @@ class NodeCollector:
         yield family
 
 
+def _families_of(source: FamilySource, node, now: float) -> list:
+    # Taken whole before any is written: a source that fails costs its own families, not the scrape.
+    try:
+        return list(source(node, now))
+    except Exception:
+        log.exception("metrics.source_failed")
+        return []
+
+
 def render(node) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(NodeCollector(node))
     return generate_latest(registry)
+
+
+def _usage_peaks(node, now: float) -> Iterable:
+    """Peaks per license and call class, taken at every charge (meter.licensing.usage)."""
+    from meter.metering.usage_metrics import usage_families
+
+    return usage_families(node.metering.usage.view(now))
+
+
+def _smart_licensing(node, now: float) -> Iterable:
+    """Registration, authorization, evaluation and per-tag compliance (S5, S6, S10)."""
+    from meter.smart.metrics import smart_families
+
+    return smart_families(node, now)
+
+
+register_source(_usage_peaks)
+register_source(_smart_licensing)

@@ -211,9 +211,10 @@ class Metering:
     # ---- registrations -----------------------------------------------------------------
 
     def charge_registration(self, protocol: str, alias: str, facts: RegistrationFacts, now: float,
-                            *, reserve: bool = False, source: str = "") -> Decision | None:
+                            *, reserve: bool = False, source: object = "") -> Decision | None:
         """Charge one alias (R9: one license per alias). None when it is already charged (refresh).
-        ``source``: where the request came from, for the log line of a refusal."""
+        ``source``: where the request came from, for the log line of a refusal (a Peer or a str:
+        turned into text only when the line is written)."""
         key = (protocol, alias)
         if self.journal is not None and protocol == "sip":
             self.journal.registration_changed(alias)  # a refresh moves the binding's expiry too
@@ -270,7 +271,7 @@ class Metering:
     # ---- calls -------------------------------------------------------------------------
 
     def charge_call(self, protocol: str, call_id: str, caller: str, callee: str, facts: CallFacts,
-                    now: float, *, source: str = "", user_agent: str = "") -> Decision:
+                    now: float, *, source: object = "", user_agent: str = "") -> Decision:
         """Charge a call at its first INVITE/ARQ: as video until set-up completes (C6)."""
         key = (protocol, call_id)
         charge = classify_call(facts)
@@ -369,10 +370,14 @@ class Metering:
 
     def _note(self, decision: Decision, what: str, **facts) -> None:
         """Every decision is logged with its rule IDs (the ledger counts refusals)."""
+        # Checked here, not only in log_event: the event name and the texts are built per charge.
         if decision.reason:
-            log_event(log, f"{what}.{'would_refuse' if decision.observed else 'refused'}", logging.INFO,
-                      reason=decision.reason, license=str(decision.license), rules=decision.rules, **facts)
-        else:
+            if log.isEnabledFor(logging.INFO):
+                facts["source"] = str(facts.get("source", ""))
+                log_event(log, f"{what}.{'would_refuse' if decision.observed else 'refused'}", logging.INFO,
+                          reason=decision.reason, license=str(decision.license), rules=decision.rules, **facts)
+        elif log.isEnabledFor(logging.DEBUG):
+            facts["source"] = str(facts.get("source", ""))
             log_event(log, f"{what}.charged", logging.DEBUG, license=str(decision.license),
                       units=decision.units, rules=decision.rules, **facts)
 

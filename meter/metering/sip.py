@@ -42,7 +42,7 @@ class SipMetering:
         m = self.m
         facts = RegistrationFacts(m.role, "sip", "direct", 1, info.user_agent)
         decision = m.charge_registration("sip", info.aor, facts, m.clock(), reserve=info.forwarded,
-                                         source=str(info.source))
+                                         source=info.source)
         return ALLOW if decision is None else sip_verdict(decision)
 
     def on_register_failed(self, aor: str, call_id: str, cause: str) -> None:
@@ -54,7 +54,7 @@ class SipMetering:
             m.release_registration("sip", aor, "unregistered", now)
             return
         facts = RegistrationFacts(m.role, "sip", "direct", 1, user_agent)
-        m.charge_registration("sip", aor, facts, now, source=str(source))  # confirms a reservation, or charges learned bindings
+        m.charge_registration("sip", aor, facts, now, source=source)  # confirms a reservation, or charges learned bindings
 
     # -- calls
     def on_invite(self, info: CallInfo) -> Verdict:
@@ -68,7 +68,7 @@ class SipMetering:
             conductor=zone.conductor if zone else "",
         )
         return sip_verdict(m.charge_call("sip", info.call_id, info.from_aor, info.to_aor, facts, m.clock(),
-                                         source=str(info.source), user_agent=info.user_agent))
+                                         source=info.source, user_agent=info.user_agent))
 
     def _caller_side(self, info: CallInfo) -> tuple[str, str]:
         zone = self.m.zones.for_peer(info.source.host)

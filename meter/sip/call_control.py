@@ -28,6 +28,7 @@ from meter.sip.routing import Advertised, local_branch, over_flow, uri_peer
 from meter.sip.session_timer import NO_OFFER, REFRESH_METHODS, Offer, RequestPlan, Session, plan_request, plan_response
 from meter.sip.settings import SipSettings
 from meter.sip.transaction import ServerTransaction, TransactionLayer
+from meter.sip.timer_wheel import TimerWheel
 
 log = logging.getLogger("meter.sip")
 
@@ -45,9 +46,10 @@ class Forwarding:
 class CallControl:
     def __init__(self, settings: SipSettings, *, clock: Clock, dialogs: DialogTable, hooks: SipHooks,
                  guard: HookCaller, counters: SipCounters, router: Router, txns: TransactionLayer,
-                 advertised: Advertised, reply: Callable, refuse: Callable) -> None:
+                 advertised: Advertised, reply: Callable, refuse: Callable, wheel: TimerWheel | None = None) -> None:
         self.settings = settings
         self.clock = clock
+        self.timers = wheel or clock  # the ACK wait and RFC 4028 checks: one per call, on the core's wheel
         self.dialogs = dialogs
         self.hooks = hooks
         self.guard = guard
@@ -153,7 +155,7 @@ class CallControl:
         should BYE (RFC 3261 §13.3.1.4). The node, which metered the call, gives up the same way:
         a call answered but never ACKed is ended and released, not held until the reaper."""
         self._stop_ack_wait(call)
-        call.ack_timer = self.clock.call_later(64 * self.settings.t1, self._ack_check, call)
+        call.ack_timer = self.timers.call_later(64 * self.settings.t1, self._ack_check, call)
 
     @staticmethod
     def _stop_ack_wait(call: Call) -> None:
@@ -315,7 +317,7 @@ class CallControl:
             call.session_expires_at = 0.0
             return
         call.session_expires_at = self.clock.time() + session.interval
-        call.session_timer = self.clock.call_later(session.interval, self._session_check, call)
+        call.session_timer = self.timers.call_later(session.interval, self._session_check, call)
 
     def _session_check(self, call: Call) -> None:
         try:
@@ -330,7 +332,7 @@ class CallControl:
             return
         left = call.session_expires_at - self.clock.time()
         if left > 0:  # the loop may fire a timer up to its clock resolution early
-            call.session_timer = self.clock.call_later(left, self._session_check, call)
+            call.session_timer = self.timers.call_later(left, self._session_check, call)
             return
         # RFC 4028 §10: the interval ran out without a refresh. The UAs should have hung up
         # min(32 s, interval/3) before; the node, last in line, ends the call at the full interval.

@@ -46,6 +46,7 @@ from meter.sip.routing import (
     via_peer,
 )
 from meter.sip.settings import SipSettings
+from meter.sip.timer_wheel import TimerWheel
 from meter.sip.transaction import (
     PROCEEDING, TERMINATED, ClientTransaction, ServerTransaction, Timers, Transaction, TransactionLayer,
     build_cancel, server_key,
@@ -113,8 +114,10 @@ class SipCore:
         self.upstream = upstream
         self.limits = Limits(max_message_bytes=settings.max_message_bytes, max_headers=settings.max_headers,
                              max_header_bytes=min(DEFAULT_LIMITS.max_header_bytes, settings.max_message_bytes))
+        # One loop timer for all per-message timers (RFC 3261 transactions, the ACK wait, RFC 4028).
+        self.wheel = TimerWheel(clock)
         self.txns = TransactionLayer(clock, self._send, Timers(
-            settings.t1, settings.t2, settings.t4, settings.timer_c, settings.timer_d))
+            settings.t1, settings.t2, settings.t4, settings.timer_c, settings.timer_d), wheel=self.wheel)
         self.location = LocationService(settings.min_expires, settings.max_expires, settings.default_expires)
         self.dialogs = DialogTable()
         self.router = Router.asking(self.hooks, local=self.local, location=self.location, inline=self.inline,
@@ -130,7 +133,7 @@ class SipCore:
                                    admission=self.admission, limits=self.source_limits)
         self.calls = CallControl(settings, clock=clock, dialogs=self.dialogs, hooks=self.hooks, guard=guard,
                                  counters=self.counters, router=self.router, txns=self.txns, advertised=advertised,
-                                 reply=self._reply, refuse=self._refuse)
+                                 reply=self._reply, refuse=self._refuse, wheel=self.wheel)
         self._seq = itertools.count(1)
         self._tick_handle = None
         self._closed = False
@@ -150,6 +153,7 @@ class SipCore:
         self.calls.close(cause)
         self.registrar.close()
         self.txns.close()
+        self.wheel.close()
 
     @_guarded
     def _tick(self) -> None:

@@ -3,8 +3,9 @@
 Each transaction is a state plus a few timers; behaviour lives in :data:`TABLE`, keyed by
 ``(kind, state, event)`` -> ``(next state, actions)``, in the style of h11's ``_state.py``. Anything
 not in the table is absorbed (a retransmission the state no longer cares about, a timer that raced
-a transition). Timers are one ``clock.call_later`` each, no task per transaction; every state
-lists the timers that may outlive entering it (:data:`LIVE_TIMERS`), the rest are cancelled.
+a transition). Timers live on the layer's :class:`~meter.sip.timer_wheel.TimerWheel` (bucketed
+deadlines, one loop timer for all), no task per transaction; every state lists the timers that may
+outlive entering it (:data:`LIVE_TIMERS`), the rest are cancelled.
 
 The INVITE machines include RFC 6026's Accepted state: after a 2xx the transactions stay for
 64*T1 so retransmitted INVITEs are absorbed and retransmitted 2xx still reach the caller.
@@ -20,6 +21,7 @@ from typing import Callable, Protocol
 from meter.codecs.sip import BRANCH_MAGIC, Request, Response, make_request
 from meter.sip.clock import Clock
 from meter.sip.peer import Peer
+from meter.sip.timer_wheel import TimerWheel
 
 log = logging.getLogger("meter.sip.transaction")
 
@@ -130,6 +132,8 @@ LIVE_TIMERS: dict[tuple[str, str], frozenset[str]] = {
     (NON_INVITE_SERVER, COMPLETED): frozenset("j"),
 }
 
+_NO_TIMERS: frozenset[str] = frozenset()
+
 # States after the final answer: the transaction only replays bytes or waits for its timer.
 _ANSWERED_STATES = frozenset({COMPLETED, CONFIRMED, ACCEPTED, TERMINATED})
 
@@ -185,7 +189,7 @@ class Transaction:
         self.peer = peer
         self.layer = layer
         self.owner = owner
-        self._timers: dict[str, object] = {}
+        self._timers: dict[str, object] = {}  # name -> the wheel bucket holding it (or a loop handle)
         self._interval = layer.timers.t1
         self.context = None  # the proxy's response context, or whatever the owner hangs here
 
@@ -215,15 +219,21 @@ class Transaction:
 
     def _enter(self, state: str) -> None:
         self.state = state
-        live = LIVE_TIMERS.get((self.kind, state), frozenset())
-        for name in [n for n in self._timers if n not in live]:
-            self._timers.pop(name).cancel()
+        timers = self._timers
+        if timers:  # most transitions find no timer running: no set, no list built for them
+            live = LIVE_TIMERS.get((self.kind, state), _NO_TIMERS)
+            for name in [n for n in timers if n not in live]:
+                _cancel(self, name, timers.pop(name))
 
     def _start(self, name: str, delay: float) -> None:
-        old = self._timers.pop(name, None)
+        timers = self._timers
+        old = timers.pop(name, None)
         if old is not None:
-            old.cancel()
-        self._timers[name] = self.layer.clock.call_later(delay, self._fire, name)
+            _cancel(self, name, old)
+        if delay > 0:  # on the wheel, keyed (transaction, timer): no handle object per timer
+            timers[name] = self.layer.wheel.schedule(delay, (self, name), _fire_timer)
+        else:  # zero over reliable transports (D, I, J, K): the loop's next pass, as RFC 3261 means
+            timers[name] = self.layer.clock.call_later(0, self._fire, name)
 
     def _fire(self, name: str) -> None:
         self._timers.pop(name, None)
@@ -234,8 +244,8 @@ class Transaction:
             log.exception("sip.transaction.timer_error")
 
     def cancel_timers(self) -> None:
-        for handle in self._timers.values():
-            handle.cancel()
+        for name, running in self._timers.items():
+            _cancel(self, name, running)
         self._timers.clear()
 
     @property
@@ -244,6 +254,19 @@ class Transaction:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.kind} {self.state} {self.key[0]}>"
+
+
+def _fire_timer(key: tuple[Transaction, str]) -> None:
+    txn, name = key
+    txn._fire(name)
+
+
+def _cancel(txn: Transaction, name: str, running) -> None:
+    """Stop one running timer: a wheel bucket holding it under (txn, name), or a loop handle."""
+    if type(running) is dict:
+        running.pop((txn, name), None)
+    else:
+        running.cancel()
 
 
 class ServerTransaction(Transaction):
@@ -454,8 +477,11 @@ def server_key(request: Request, method: str | None = None) -> tuple:
 class TransactionLayer:
     """Live transactions by key, O(1) lookups; creates, matches and forgets them."""
 
-    def __init__(self, clock: Clock, send: Callable[[bytes, Peer], None], timers: Timers | None = None) -> None:
+    def __init__(self, clock: Clock, send: Callable[[bytes, Peer], None], timers: Timers | None = None,
+                 wheel: TimerWheel | None = None) -> None:
         self.clock = clock
+        self._own_wheel = wheel is None
+        self.wheel = wheel or TimerWheel(clock)  # RFC 3261 timers: bucketed deadlines, not a loop handle each
         self.send = send
         self.timers = timers or Timers()
         self.servers: dict[tuple, ServerTransaction] = {}
@@ -508,3 +534,5 @@ class TransactionLayer:
             txn.cancel_timers()
         self.servers.clear()
         self.clients.clear()
+        if self._own_wheel:
+            self.wheel.close()
