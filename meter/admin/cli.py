@@ -1,81 +1,467 @@
-"""CLI commands that ask a running node over its admin API: `meter calls`, `meter registrations`."""
+"""The commands that ask the node: `meter xstatus ...`, `meter xcommand ...`, `meter calls`,
+`meter registrations`, `meter licenses`, `meter explain`.
+
+Where they ask (``target_of``):
+
+- by default, the running node through its admin API v1 (``meter.admin.client``): ``--admin URL``,
+  else ``$METER_ADMIN``, else the ``[admin] host``/``port`` of ``--config`` (the node's own config
+  file; default ``$METER_CONFIG``, else ``/etc/meter/meter.toml`` when it exists, else the embedded
+  one). When nothing answers there, a command that can work offline reads the config's state
+  directory instead (and says so on stderr);
+- with ``--state-dir DIR`` (or ``$METER_STATE_DIR``) and no ``--admin``: that state directory only.
+
+No command here creates a state directory: a missing one is one line naming it and `meter init`.
+Every listing prints aligned columns, or the API's JSON with ``--json``.
+"""
 
 from __future__ import annotations
 
+import argparse
+import datetime as dt
 import json
 import os
 import sys
-import urllib.error
-import urllib.parse
-import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
-from meter.admin.token import ENV_VAR as TOKEN_VAR
+from meter.admin.client import AdminClient, AdminError, NodeUnreachable, admin_url, read_token
 
-DEFAULT_ADMIN = os.environ.get("METER_ADMIN", "http://127.0.0.1:9460")
-
-
-def add_commands(sub) -> None:
-    calls = sub.add_parser("calls", help="list the calls the running node meters (class, license, rule IDs)")
-    calls.add_argument("--admin", default=DEFAULT_ADMIN, help=f"admin URL of the node (default {DEFAULT_ADMIN})")
-    calls.add_argument("--json", action="store_true", help="print the API's JSON as is")
-    calls.set_defaults(func=lambda args: _listing(args, "calls", CALL_COLUMNS))
-
-    regs = sub.add_parser("registrations", help="list registered aliases (class, license, rule IDs)")
-    regs.add_argument("--admin", default=DEFAULT_ADMIN, help=f"admin URL of the node (default {DEFAULT_ADMIN})")
-    regs.add_argument("--json", action="store_true", help="print the API's JSON as is")
-    regs.set_defaults(func=lambda args: _listing(args, "registrations", REGISTRATION_COLUMNS))
+SYSTEM_CONFIG = "/etc/meter/meter.toml"
+CONFIG_VAR = "METER_CONFIG"
+STATE_VAR = "METER_STATE_DIR"
 
 
-CALL_COLUMNS = ("call_id", "caller", "callee", "state", "call_class", "license", "units", "rules")
-REGISTRATION_COLUMNS = ("alias", "protocol", "device_class", "license", "device", "rules")
+class CliError(Exception):
+    """One line for stderr; the command exits 1."""
 
 
-def fetch(admin: str, resource: str):
-    """One API resource; sends the bearer token from METER_ADMIN_TOKEN when set (a node whose admin
-    server listens beyond loopback asks for it)."""
-    token = os.environ.get(TOKEN_VAR, "").strip()
-    request = urllib.request.Request(f"{admin.rstrip('/')}/api/{resource}",
-                                     headers={"Authorization": f"Bearer {token}"} if token else {})
-    with urllib.request.urlopen(request, timeout=5) as reply:
-        return json.load(reply)
+# ---- where a command asks ------------------------------------------------------------------
+
+def add_target_args(parser: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
+    parser.add_argument("--admin", help="the node's admin URL (default: $METER_ADMIN, else the config's [admin] host:port)")
+    parser.add_argument("--config", "-c", help=f"the node's config file (default: ${CONFIG_VAR}, else {SYSTEM_CONFIG} "
+                                               "when it exists, else the embedded one)")
+    parser.add_argument("--state-dir", help=f"work on this state directory, without asking a node (default: ${STATE_VAR})")
+    if json_flag:
+        parser.add_argument("--json", action="store_true", help="print JSON (the API's document)")
 
 
-def fetch_all(admin: str, resource: str) -> list[dict]:
-    """Every record of a paged listing, page after page (its ``next`` cursor)."""
-    doc = fetch(admin, resource)
-    rows = doc["items"]
-    while doc["next"]:
-        doc = fetch(admin, f"{resource}?after={urllib.parse.quote(doc['next'], safe='')}")
-        rows += doc["items"]
-    return rows
+def target_parent(*, json_flag: bool = True) -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    add_target_args(parent, json_flag=json_flag)
+    return parent
 
 
-def _listing(args, resource: str, columns: tuple[str, ...]) -> int:
+@dataclass
+class Target:
+    state_dir: Path
+    client: AdminClient | None   # None: the state directory only (--state-dir)
+
+
+def config_path(args) -> str | None:
+    if getattr(args, "config", None):
+        return args.config
+    if os.environ.get(CONFIG_VAR):
+        return os.environ[CONFIG_VAR]
+    return SYSTEM_CONFIG if os.path.exists(SYSTEM_CONFIG) else None
+
+
+def load_config(args):
+    from meter.config import ConfigError, load
+
     try:
-        rows = fetch_all(args.admin, resource)
-    except (urllib.error.URLError, OSError) as exc:
-        print(f"meter: cannot reach the node's admin API at {args.admin}: {exc}", file=sys.stderr)
-        return 1
-    if args.json:
-        json.dump(rows, sys.stdout, indent=1)
-        print()
-        return 0
-    print_table(rows, columns)
-    return 0
+        return load(config_path(args))
+    except ConfigError as exc:
+        raise CliError(f"bad config: {exc}") from None
 
 
-def print_table(rows: list[dict], columns: tuple[str, ...]) -> None:
+def target_of(args) -> Target:
+    explicit = getattr(args, "state_dir", None) or os.environ.get(STATE_VAR)
+    admin = getattr(args, "admin", None)
+    if explicit and not admin:
+        return Target(Path(explicit), None)
+    config = load_config(args)
+    state_dir = Path(explicit or config.node.state_dir)
+    return Target(state_dir, AdminClient(admin_url(config, admin), read_token(state_dir)))
+
+
+def ask(args, online: Callable[[AdminClient], int], offline: Callable[[Path], int] | None = None) -> int:
+    """Run ``online`` against the node; when nothing answers (or with ``--state-dir``), ``offline``
+    on the state directory, if the command has one. Every failure is one line on stderr, exit 1."""
+    try:
+        target = target_of(args)
+        if target.client is not None:
+            try:
+                return online(target.client)
+            except NodeUnreachable as exc:
+                if offline is None:
+                    raise CliError(str(exc)) from None
+                if not target.state_dir.is_dir():
+                    raise CliError(f"{exc}; and no node state at {target.state_dir.resolve()} "
+                                   f"(--config names the node's config; `meter init` makes a new node)") from None
+                print(f"meter: {exc}; reading the state directory {target.state_dir.resolve()}", file=sys.stderr)
+        elif offline is None:
+            raise CliError("this command asks the running node: give --admin URL (or --config), not --state-dir")
+        return offline(target.state_dir)
+    except AdminError as exc:
+        return fail(exc.reason)
+    except CliError as exc:
+        return fail(str(exc))
+
+
+def fail(message: str) -> int:
+    print(f"meter: {message}", file=sys.stderr)
+    return 1
+
+
+# ---- output -------------------------------------------------------------------------------
+
+def print_json(doc) -> None:
+    json.dump(doc, sys.stdout, indent=1, default=str)
+    print()
+
+
+def print_table(rows: list[dict], columns: tuple[str, ...], *, count: bool = True) -> None:
+    """Aligned columns, headed by the column names in capitals; numbers right-aligned."""
     cells = [[_cell(row.get(c)) for c in columns] for row in rows]
     widths = [max([len(c)] + [len(r[i]) for r in cells]) for i, c in enumerate(columns)]
-    print("  ".join(c.upper().ljust(w) for c, w in zip(columns, widths)).rstrip())
+    numeric = [bool(rows) and all(isinstance(row.get(c), (int, float)) and not isinstance(row.get(c), bool)
+                                  for row in rows) for c in columns]
+    def line(values):
+        return "  ".join(v.rjust(w) if n else v.ljust(w) for v, w, n in zip(values, widths, numeric)).rstrip()
+    print(line([c.upper() for c in columns]))
     for r in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
-    print(f"({len(rows)} {'row' if len(rows) == 1 else 'rows'})")
+        print(line(r))
+    if count:
+        print(f"({len(rows)} {'row' if len(rows) == 1 else 'rows'})")
+
+
+def when(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    return dt.datetime.fromtimestamp(seconds, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def _cell(value) -> str:
     if value is None:
         return "-"
     if isinstance(value, (list, tuple)):
-        return ",".join(str(v) for v in value)
+        return ",".join(str(v) for v in value) or "-"
+    if isinstance(value, float):
+        return f"{value:g}"
     return str(value)
+
+
+# ---- commands ------------------------------------------------------------------------------
+
+XSTATUS = ("licenses", "resourceusage", "registrations", "calls", "alarms", "options")
+XCOMMANDS = ("resetpeaks", "optionkeyadd", "optionkeydelete")
+
+
+def add_commands(sub) -> None:
+    parent = target_parent()
+    calls = sub.add_parser("calls", parents=[parent], help="calls the running node meters (class, licenses, rule IDs)")
+    calls.set_defaults(func=lambda args: ask(args, lambda c: show_calls(c, args.json)))
+    regs = sub.add_parser("registrations", parents=[parent], help="registered aliases (class, license, rule IDs)")
+    regs.set_defaults(func=lambda args: ask(args, lambda c: show_registrations(c, args.json)))
+    licenses = sub.add_parser("licenses", parents=[parent], help="pools: keys, in use, cluster, capacity, alarms")
+    licenses.set_defaults(func=lambda args: xstatus(args, "licenses"))
+
+    xs = sub.add_parser("xstatus", aliases=["xStatus"], parents=[parent],
+                        help=f"status, Expressway's way: xstatus {'|'.join(XSTATUS)}")
+    xs.add_argument("what", type=str.lower, choices=XSTATUS)
+    xs.set_defaults(func=lambda args: xstatus(args, args.what))
+
+    xc = sub.add_parser("xcommand", aliases=["xCommand"], parents=[parent],
+                        help="commands, Expressway's way: xcommand resetpeaks | optionkeyadd KEY | optionkeydelete INDEX")
+    xc.add_argument("action", type=str.lower, choices=XCOMMANDS)
+    xc.add_argument("value", nargs="?", help="the key (optionkeyadd) or the option index (optionkeydelete)")
+    xc.set_defaults(func=xcommand)
+
+    explain = sub.add_parser("explain", help="print a licensing rule's text: meter explain C4 (no ID: every rule)")
+    explain.add_argument("rule", nargs="?", help="a rule ID: R1, C4, P4, K4, L2, S5 ...")
+    explain.add_argument("--json", action="store_true")
+    explain.set_defaults(func=cmd_explain)
+
+
+def xstatus(args, what: str) -> int:
+    from meter.admin import licensing_cli as offline
+
+    as_json = args.json
+    if what == "licenses":
+        return ask(args, lambda c: show_licenses(c, as_json), lambda d: offline.show_licenses(d, as_json))
+    if what == "options":
+        return ask(args, lambda c: show_options(c, as_json), lambda d: offline.show_options(d, as_json))
+    if what == "alarms":
+        return ask(args, lambda c: show_alarms(c, as_json), lambda d: offline.show_alarms(d, as_json))
+    if what == "resourceusage":
+        return ask(args, lambda c: show_usage(c, as_json))
+    if what == "calls":
+        return ask(args, lambda c: show_calls(c, as_json))
+    return ask(args, lambda c: show_registrations(c, as_json))
+
+
+def xcommand(args) -> int:
+    from meter.admin import licensing_cli as offline
+
+    if args.action == "resetpeaks":
+        return ask(args, lambda c: reset_peaks(c, args.json))
+    if not args.value:
+        return fail(f"xcommand {args.action}: expected {'a key' if args.action == 'optionkeyadd' else 'an option index'}")
+    if args.action == "optionkeyadd":
+        return ask(args, lambda c: add_key(c, args.value, None, args.json),
+                   lambda d: offline.add_key(d, args.value, None, args.json))
+    if not args.value.isdigit():
+        return fail(f"xcommand optionkeydelete: expected an option index, got {args.value!r}")
+    index = int(args.value)
+    return ask(args, lambda c: delete_key(c, index, args.json), lambda d: offline.delete_key(d, index, args.json))
+
+
+# ---- listings -------------------------------------------------------------------------------
+
+CALL_COLUMNS = ("call_id", "caller", "callee", "caller_zone", "callee_zone", "state", "call_class",
+                "license", "licenses", "charged_on", "rules")
+REGISTRATION_COLUMNS = ("alias", "protocol", "device_class", "license", "device", "rules")
+# Units per license (meter.licensing.model.UNIT_SCALE): RMS is counted in halves (C4).
+UNITS_PER_LICENSE = {"rms": 2}
+
+
+def call_row(row: dict) -> dict:
+    """A call as the pages show it: RMS as licenses (0.5 for an audio-only SIP call), and where it
+    is charged when that is the other node of a C/E pair (C3). A node before the API v1 gives only
+    ``units``: licenses are worked out from them."""
+    out = dict(row)
+    if "licenses" not in out and "units" in out:
+        out["licenses"] = out["units"] / UNITS_PER_LICENSE.get(str(out.get("license")), 1)
+    if out.get("license") in (None, "none", "") and not out.get("licenses"):
+        out["licenses"] = 0
+    return out
+
+
+def show_calls(client: AdminClient, as_json: bool) -> int:
+    rows = [call_row(r) for r in client.get_all("calls", legacy="calls")]
+    if as_json:
+        print_json(rows)
+        return 0
+    print_table(rows, CALL_COLUMNS)
+    return 0
+
+
+def show_registrations(client: AdminClient, as_json: bool) -> int:
+    rows = client.get_all("registrations", legacy="registrations")
+    if as_json:
+        print_json(rows)
+        return 0
+    print_table(rows, REGISTRATION_COLUMNS)
+    return 0
+
+
+POOLS = ("rms", "room", "desktop", "cmr")
+
+
+def show_licenses(client: AdminClient, as_json: bool) -> int:
+    doc = client.get("licenses", legacy="licenses")
+    if as_json:
+        print_json(doc)
+        return 0
+    keys = (doc.get("option_keys") or {}).get("quantities", {})
+    mode = (doc.get("option_keys") or {}).get("mode", "")
+    print(f"mode: {mode.upper() or '-'}  enforcement: {doc.get('enforcement', '-')}  node: {doc.get('node', '-')}  "
+          f"[live, {when(doc.get('at'))}]")
+    rows = []
+    for pool in POOLS:
+        usage = doc.get("licenses", {}).get(pool, {})
+        rows.append({"pool": pool, "keys": keys.get(pool, 0), "in use": usage.get("in_use"),
+                     "cluster": usage.get("in_use_cluster"), "capacity": usage.get("capacity")})
+    print_table(rows, ("pool", "keys", "in use", "cluster", "capacity"), count=False)
+    print(f"calls: {doc.get('calls')} of {doc.get('call_capacity')} video-call capacity "
+          f"({100 * (doc.get('call_load') or 0):.0f}%); registrations: {doc.get('registrations')} of "
+          f"{doc.get('registration_capacity')}")
+    would = doc.get("would_refuse") or {}
+    if any(would.values()):
+        print("would refuse: " + ", ".join(f"{k} {v}" for k, v in would.items() if v))
+    alarms = doc.get("alarms") or []
+    print("alarms:" + ("" if alarms else " none"))
+    for alarm in alarms:
+        print(f"  {alarm['id']} [{alarm['rule']}, {alarm['severity']}] since {when(alarm['raised_at'])}: "
+              f"{alarm.get('reason') or alarm.get('text', '')}")
+    return 0
+
+
+def show_usage(client: AdminClient, as_json: bool) -> int:
+    try:
+        doc = client.get("usage")
+    except AdminError as exc:
+        if exc.status not in (404, 405):
+            raise
+        raise CliError(f"the node at {client.url} has no usage accounting (GET /api/v1/usage): "
+                       f"`meter xstatus licenses` shows what it has") from None
+    if as_json:
+        print_json(doc)
+        return 0
+    print(f"node: {doc.get('node', '-')}  at {when(doc.get('at'))}")
+    rows = []
+    for pool in POOLS:
+        u = (doc.get("licenses") or {}).get(pool)
+        if u is None:
+            continue
+        rows.append({"license": pool, "current": u.get("current"), "peak": u.get("peak"),
+                     "peak at": when(u.get("peak_at")) if u.get("peak_at") else "-",
+                     "since reset": u.get("peak_since_reset"), "capacity": u.get("capacity"),
+                     "cluster": u.get("cluster_current"), "cluster peak": u.get("cluster_peak"),
+                     "would refuse": u.get("would_refuse"), "refused": u.get("refused")})
+    print_table(rows, ("license", "current", "peak", "peak at", "since reset", "capacity", "cluster",
+                       "cluster peak", "would refuse", "refused"), count=False)
+    classes = doc.get("calls_by_class") or {}
+    if classes:
+        print()
+        print_table([{"call class": name, "current": c.get("current"), "peak": c.get("peak"),
+                      "peak at": when(c.get("peak_at")) if c.get("peak_at") else "-"}
+                     for name, c in classes.items()], ("call class", "current", "peak", "peak at"), count=False)
+    peers = doc.get("peers") or []
+    if peers:
+        print()
+        print_table([{"peer": p.get("node"), **{k: v for k, v in (p.get("licenses") or {}).items()}} for p in peers],
+                    ("peer",) + POOLS, count=False)
+    return 0
+
+
+def show_alarms(client: AdminClient, as_json: bool) -> int:
+    doc = client.get("alarms", legacy="alarms")
+    items = doc["items"] if isinstance(doc, dict) else doc  # the old /api/alarms was a bare list
+    if as_json:
+        print_json({"items": items})
+        return 0
+    print_table([alarm_row(a) for a in items], ALARM_COLUMNS)
+    return 0
+
+
+ALARM_COLUMNS = ("id", "rule", "severity", "raised", "cleared", "text")
+
+
+def alarm_row(alarm: dict) -> dict:
+    return {"id": alarm.get("id"), "rule": alarm.get("rule"), "severity": alarm.get("severity"),
+            "raised": when(alarm.get("raised_at")),
+            "cleared": when(alarm["cleared_at"]) if alarm.get("cleared_at") else "-",
+            "text": alarm.get("text") or alarm.get("reason") or ""}
+
+
+# ---- option keys (K4, K6) -----------------------------------------------------------------
+
+def options_doc(client: AdminClient) -> dict:
+    """``GET /api/v1/option-keys``; from a node before the API v1, its /api/licenses part."""
+    try:
+        return client.get("option-keys")
+    except AdminError as exc:
+        if exc.status not in (404, 405):
+            raise
+    from meter.admin.licensing_cli import options_from_view
+
+    return options_from_view(client.get("licenses", legacy="licenses").get("option_keys") or {})
+
+
+def show_options(client: AdminClient, as_json: bool) -> int:
+    doc = options_doc(client)
+    if as_json:
+        print_json(doc)
+        return 0
+    print_options(doc)
+    return 0
+
+
+def print_options(doc: dict) -> None:
+    """xStatus Options, Expressway's layout, from the API's document (or the same built offline)."""
+    print("*s Options:")
+    for item in doc.get("items", []):
+        features = item.get("features")
+        print(f"    Option {item['index']}:")
+        print(f"        Key: \"{item.get('key', '')}\"")
+        print(f"        Description: \"{', '.join(features) if isinstance(features, list) else features}\"")
+        detail = item.get("detail")
+        print(f"        Status: {item.get('status')}" + (f" ({detail})" if detail else ""))
+        print(f"        Expiry: {when(item.get('valid_until'))}")
+    print("*s/end")
+    extra = "".join(f"  {name.capitalize()}: {doc[name] if name != 'mode' else str(doc[name]).upper()}"
+                    for name in ("mode", "product") if doc.get(name))
+    print(f"Serial: {doc.get('serial', '-')}{extra}")
+    if "quantities" in doc:
+        quantities = ", ".join(f"{k} {v}" for k, v in doc["quantities"].items()) or "none"
+        print(f"Licenses in force: {quantities}")
+    if "features_in_force" in doc:
+        print(f"Features in force: {', '.join(doc['features_in_force']) or 'none'}")
+    peers = doc.get("peers") or []
+    if peers:
+        print("Current licenses of the cluster peers (K6):")
+        print_table([{"peer": p.get("node") or p.get("name"),
+                      **{k: v for k, v in (p.get("licenses") or {}).items()}} for p in peers],
+                    ("peer",) + POOLS, count=False)
+
+
+def add_key(client: AdminClient, text: str, index: int | None, as_json: bool) -> int:
+    body = {"key": text} if index is None else {"key": text, "index": index}
+    try:
+        doc = client.post("option-keys", body)
+    except AdminError as exc:
+        if exc.status == 400:
+            raise CliError(f"option key refused: {exc.reason}") from None
+        raise
+    if as_json:
+        print_json(doc)
+        return 0
+    print(f"option {doc.get('index')}: added" + (f" ({doc['status']})" if doc.get("status") else ""))
+    for warning in doc.get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def delete_key(client: AdminClient, index: int, as_json: bool) -> int:
+    try:
+        client.delete(f"option-keys/{index}")
+    except AdminError as exc:
+        if exc.status == 404:
+            raise CliError(f"option {index} is not set") from None
+        raise
+    if as_json:
+        print_json({"index": index, "removed": True})
+        return 0
+    print(f"option {index} removed")
+    return 0
+
+
+def reset_peaks(client: AdminClient, as_json: bool) -> int:
+    doc = client.post("usage/reset-peaks")
+    if as_json:
+        print_json(doc)
+        return 0
+    print(f"peaks reset at {when((doc or {}).get('reset_at'))}")
+    return 0
+
+
+# ---- explain -------------------------------------------------------------------------------
+
+def cmd_explain(args) -> int:
+    from meter.rulebook import RuleNotFound, rules
+
+    try:
+        known = rules()
+    except OSError as exc:
+        return fail(f"the rules document is not installed with this package: {exc}")
+    if args.rule is None:
+        if args.json:
+            print_json({"items": [{"id": k, "text": v} for k, v in known.items()]})
+        else:
+            for rule_id, text in known.items():
+                print(f"{rule_id:<5} {text.splitlines()[0][:100]}")
+        return 0
+    try:
+        from meter.rulebook import explain
+
+        rule_id, text = explain(args.rule, known)
+    except RuleNotFound as exc:
+        return fail(str(exc))
+    if args.json:
+        print_json({"id": rule_id, "text": text})
+    else:
+        print(f"{rule_id}: {text}")
+    return 0

@@ -1,18 +1,17 @@
-"""The licensing commands, run through a parser built with add_commands (as meter/cli.py does)."""
+"""The licensing commands on a state directory (`--state-dir` / $METER_STATE_DIR: no node asked),
+run through the `meter` command's own parser."""
 
-import argparse
 import io
 
 import pytest
 
-from meter.admin.licensing_cli import add_commands, parse_expiry
+from meter.admin.licensing_cli import parse_expiry
+from meter.cli import build_parser
 from meter.store.licensing import LicensingStore, init_state
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="meter")
-    add_commands(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     return args.func(args)
 
 
