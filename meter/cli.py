@@ -86,6 +86,11 @@ def _cmd_run(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import logging
+
+    # A command's own messages are its output; the node's log lines (an alarm raised by a key a
+    # command installs) go nowhere unless `meter run` configures the log (meter.logs.configure).
+    logging.getLogger("meter").addHandler(logging.NullHandler())
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

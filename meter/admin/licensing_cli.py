@@ -38,9 +38,11 @@ from meter.store.licensing import (
     DB_NAME, INIT_HINT, LicensingStore, StoreError, check_initialised, create_issuer, load_issuer, load_public,
 )
 from meter.store.node_licensing import NodeLicensing
-from meter.admin.cli import CliError, ask, load_config, print_json, print_options, print_table, target_parent
-from meter.admin.cli import add_key as add_key_online
-from meter.admin.cli import alarm_row, ALARM_COLUMNS, delete_key as delete_key_online
+from meter.admin.cli_support import (
+    ALARM_COLUMNS, CliError, alarm_row, ask, load_config, print_json, print_options, print_table, target_parent,
+)
+from meter.admin.cli_support import add_key as add_key_online
+from meter.admin.cli_support import delete_key as delete_key_online
 
 
 def add_commands(subparsers) -> None:

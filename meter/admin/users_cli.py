@@ -17,7 +17,7 @@ import getpass
 import os
 import sys
 
-from meter.admin.cli import CliError
+from meter.admin.cli_support import CliError
 from meter.sip.auth.settings import AuthSettings
 from meter.store.licensing import StoreError
 from meter.store.credentials import CredentialsError, add_user, default_path, read_entries, remove_user

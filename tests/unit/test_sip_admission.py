@@ -337,6 +337,7 @@ def test_running_node_picks_up_a_new_user_within_a_second(tmp_path):
 
 def test_meter_users_add_list_remove_stores_ha1_only_with_mode_0600(tmp_path, monkeypatch, capsys):
     state = tmp_path / "state"
+    state.mkdir()  # `meter init` made it: `meter users` never creates a state directory
     monkeypatch.setattr("sys.stdin", io.StringIO("s3cret-pw\n"))
     assert main(["users", "add", "erin", "--realm", REALM, "--password-stdin", "--state-dir", str(state)]) == 0
     path = state / "credentials"
