@@ -105,8 +105,24 @@ def show_calls(client: AdminClient, as_json: bool) -> int:
     if as_json:
         print_json(rows)
         return 0
+    here = node_name(client)
+    for row in rows:  # C3: a call the other node of a C/E pair pays for says so
+        if row.get("charged_on") and here and row["charged_on"] != here:
+            row["charged_on"] = f"{row['charged_on']} (other node)"
     print_table(rows, CALL_COLUMNS)
     return 0
+
+
+def node_name(client: AdminClient) -> str | None:
+    """The node's name (``GET /api/v1/status``; an older node's /api/licenses has it too)."""
+    try:
+        doc = client.get("status")
+    except AdminError:
+        try:
+            doc = client.get("licenses", legacy="licenses")
+        except AdminError:
+            return None
+    return doc.get("node") if isinstance(doc, dict) else None
 
 
 def show_registrations(client: AdminClient, as_json: bool) -> int:
