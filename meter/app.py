@@ -32,10 +32,9 @@ class Node:
         self.ras = None
         self.state = None  # bindings and calls written behind, restored at start (meter.store.sip_state)
         self._ticker: asyncio.Task | None = None
+        self.started_at = time.time()
 
     async def start(self) -> None:
-        from meter.admin.api import build_router
-        from meter.admin.http import AdminServer
         from meter.admin.latency import LatencyHistogram, TimedReceiver
         from meter.metering.sip import SipMetering
         from meter.sip.node import SipNode
@@ -71,11 +70,7 @@ class Node:
             await self.ras.start()
         self._ticker = asyncio.get_running_loop().create_task(self._tick())
         if self.config.admin.enabled:
-            from meter.admin.token import for_admin
-
-            token, token_source = for_admin(self.config.admin.host, self.config.node.state_dir)
-            self.admin = AdminServer(build_router(self), self.config.admin.host, self.config.admin.port,
-                                     token, token_source)
+            self.admin = build_admin_server(self)
             await self.admin.start()
         log_event(log, "node.started", name=self.config.node.name, role=self.config.node.role,
                   mode=self.config.sip.mode, sip_port=self.sip.port, ras_port=self.ras.port if self.ras else 0,
@@ -106,6 +101,8 @@ class Node:
             self._ticker.cancel()
         if self.state:  # written before the shutdown's releases, which a restart must not see
             self.state.close()
+        if self.metering:  # likewise the usage history's current minute and the peaks
+            self.metering.flush_usage(self.metering.clock())
         if self.sip:
             await self.sip.close()  # ends every call and binding: releases all charges (principle 4)
         if self.ras:
@@ -124,8 +121,10 @@ def build_metering(config: Config, now: float):
     chooses (memory, or Redis shared with the peers), the ledger over both, and the metering join."""
     from meter import catalogs
     from meter.licensing.ledger import Ledger
+    from meter.licensing.usage import UsageMeter
     from meter.metering.join import Metering
     from meter.store.node_licensing import NodeLicensing
+    from meter.store.usage_history import UsageHistory
     from meter.zones import ZoneTable
 
     node, cluster = config.node, config.cluster
@@ -139,12 +138,35 @@ def build_metering(config: Config, now: float):
         from meter.licensing.pool import MemoryPool
 
         pool = MemoryPool(peer_timeout=cluster.peer_timeout)
+    history = UsageHistory(node.state_dir, config.usage)
+    usage = UsageMeter(node.name, now)
+    saved = history.load_peaks()
+    if saved is not None:  # the peaks of the previous runs, with their instants
+        usage.restore(saved)
+    history.maintain(now)
     ledger = Ledger(node.name, node.role, catalogs.platform(node.platform), pool=pool,
-                    enforcement=config.licensing.enforcement, alarms=licensing.alarms, now=now)
+                    enforcement=config.licensing.enforcement, alarms=licensing.alarms, now=now, usage=usage)
     metering = Metering(ledger, catalogs.device_catalog(), ZoneTable(config.zones), role=node.role,
-                        node_name=node.name, sip_mode=config.sip.mode, licensing=licensing)
+                        node_name=node.name, sip_mode=config.sip.mode, licensing=licensing,
+                        usage_history=history)
     metering.refresh_licenses(now)
     return metering
+
+
+def build_admin_server(node: Node):
+    """The admin server (aiohttp): the token is always required for state changes (created in the
+    state directory at first start), for API reads too beyond loopback or with `protect_reads`."""
+    from meter.admin.api import build_app
+    from meter.admin.http import Access, AdminServer
+    from meter.admin.token import is_loopback, load_or_create, read_secret_file
+
+    admin = node.config.admin
+    token, source = load_or_create(node.config.node.state_dir)
+    access = Access(token, protect_reads=admin.protect_reads or not is_loopback(admin.host), source=source)
+    metrics_auth = None
+    if admin.metrics_user:
+        metrics_auth = (admin.metrics_user, read_secret_file(admin.metrics_password_file))
+    return AdminServer(build_app(node, access, metrics_auth=metrics_auth), admin.host, admin.port)
 
 
 def build_admission(config: Config):

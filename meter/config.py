@@ -69,7 +69,17 @@ class AdminSettings:
     """Largest `limit` accepted (400 beyond). One page is encoded as JSON in one go: 1,000 records
     take about 2 ms, so a listing never holds the SIP loop longer than that (GitHub caps at 100)."""
 
+    protect_reads: bool = False
+    """API reads need the bearer token on loopback too (beyond loopback they always do; state
+    changes always do)."""
+    metrics_user: str = ""
+    """Non-empty: /metrics wants HTTP basic auth with this user (Prometheus `basic_auth`)."""
+    metrics_password_file: str = ""
+    """The password for `metrics_user`, read from this file at start (Prometheus `password_file`)."""
+
     def __post_init__(self) -> None:
+        if bool(self.metrics_user) != bool(self.metrics_password_file):
+            raise ValueError("metrics_user and metrics_password_file: set both (basic auth on /metrics) or neither")
         if not 1 <= self.page_size <= self.max_page_size:
             raise ValueError(f"page_size: expected 1..max_page_size ({self.max_page_size}), got {self.page_size}")
 
@@ -90,6 +100,7 @@ def _section_types() -> dict[str, type]:
     from meter.sip.tls import TlsSettings
     from meter.sip.auth.settings import AuthSettings
     from meter.store.state import StateSettings
+    from meter.store.usage_history import UsageSettings
     from meter.zones import ZoneSettings
 
     return {
@@ -104,6 +115,7 @@ def _section_types() -> dict[str, type]:
         "admin": AdminSettings,
         "log": LogSettings,
         "state": StateSettings,
+        "usage": UsageSettings,
         "zones": list[ZoneSettings],
     }
 

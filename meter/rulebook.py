@@ -1,7 +1,8 @@
 """The licensing rules' text, by ID, from docs/licensing-rules.md as installed with the package.
 
-The document ships as package data (``meter.shipped``, a link to ``docs/licensing-rules.md``), so
-`meter explain C4` and the API's ``/api/v1/rules`` read the very text the repository holds. A rule
+The document ships as package data (``meter.docs``, the repository's ``docs/``), so `meter explain
+C4` reads the very text the repository holds, as the API's ``/api/v1/rules`` does
+(``meter.admin.rules``). A rule
 is a table row ``| C4 | <rule> | <status> |``; a resolution the project took where the guide reads
 two ways (``Resolution (K4): ...`` or a bullet ``- **C5, "negotiated".** ...``) is added to the
 rules its lead names.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import functools
 import re
 from importlib import resources
+from pathlib import Path
 
 DOCUMENT = "licensing-rules.md"
 _ID = r"[A-Z]\d{1,2}"
@@ -24,7 +26,10 @@ class RuleNotFound(LookupError):
 
 
 def document_text() -> str:
-    return (resources.files("meter.shipped") / DOCUMENT).read_text(encoding="utf-8")
+    try:
+        return (resources.files("meter.docs") / DOCUMENT).read_text(encoding="utf-8")
+    except ModuleNotFoundError:  # an editable install made before meter.docs existed
+        return (Path(__file__).resolve().parents[1] / "docs" / DOCUMENT).read_text(encoding="utf-8")
 
 
 @functools.cache

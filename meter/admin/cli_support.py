@@ -165,10 +165,9 @@ def print_options(doc: dict) -> None:
     """xStatus Options, Expressway's layout, from the API's document (or the same built offline)."""
     print("*s Options:")
     for item in doc.get("items", []):
-        features = item.get("features")
         print(f"    Option {item['index']}:")
         print(f"        Key: \"{item.get('key', '')}\"")
-        print(f"        Description: \"{', '.join(features) if isinstance(features, list) else features}\"")
+        print(f"        Description: \"{_description(item)}\"")
         detail = item.get("detail")
         print(f"        Status: {item.get('status')}" + (f" ({detail})" if detail else ""))
         print(f"        Expiry: {when(item.get('valid_until'))}")
@@ -179,14 +178,23 @@ def print_options(doc: dict) -> None:
     if "quantities" in doc:
         quantities = ", ".join(f"{k} {v}" for k, v in doc["quantities"].items()) or "none"
         print(f"Licenses in force: {quantities}")
-    if "features_in_force" in doc:
-        print(f"Features in force: {', '.join(doc['features_in_force']) or 'none'}")
+    features = doc.get("features_in_force", doc.get("features"))  # offline view / API v1
+    if features is not None:
+        print(f"Features in force: {', '.join(features) or 'none'}")
     peers = doc.get("peers") or []
     if peers:
         print("Current licenses of the cluster peers (K6):")
         print_table([{"peer": p.get("node") or p.get("name"),
                       **{k: v for k, v in (p.get("licenses") or {}).items()}} for p in peers],
                     ("peer",) + POOLS, count=False)
+
+
+def _description(item: dict) -> str:
+    """"100 Rich Media Sessions" for a quantity, the feature's title for a feature (as xStatus)."""
+    if "title" in item:  # API v1: title, quantity, and features only for a feature option
+        return item["title"] if item.get("features") else f"{item.get('quantity')} {item['title']}"
+    features = item.get("features")
+    return ", ".join(features) if isinstance(features, list) else str(features or "")
 
 
 def add_key(client: AdminClient, text: str, index: int | None, as_json: bool) -> int:

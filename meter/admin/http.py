@@ -1,209 +1,177 @@
-"""A small asyncio HTTP/1.1 server for the admin side: /metrics, the REST API and the pages.
+"""The admin HTTP server: aiohttp on the node's own event loop (uvloop), serving /metrics, the REST
+API and the pages.
 
-Admin traffic is a scrape every few seconds and an operator's browser, so a plain
-`asyncio.Protocol` with one request per connection turn is enough; it keeps the node free of a
-web framework. Routes are a table of (method, path) -> handler returning (status, type, body).
+What the node asks of it beyond aiohttp's defaults: a request head too large gets 431 (RFC 6585 §5)
+rather than aiohttp's 400, a body too large 413, every error a JSON ``{"error": reason}``, and the
+bearer token (RFC 6750) checked before a route is looked up, so that without it no 404/405 tells
+what exists. The routes themselves are in ``meter.admin.api``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-from typing import Any, Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+from aiohttp.web_protocol import RequestHandler
 
 from meter.admin.token import authorized
 from meter.logs import log_event
 
 log = logging.getLogger("meter.admin")
 
-Handler = Callable[["HttpRequest"], "HttpReply | Awaitable[HttpReply]"]
-# A request head larger than this is refused with 431; 16 KiB is h11's and node.js's default.
+# One header line (or the request line) larger than this is refused with 431; 16 KiB is h11's and
+# node.js's default for the whole head. At most MAX_HEADERS header lines (Apache's LimitRequestFields).
 MAX_HEAD_BYTES = 16 * 1024
+MAX_HEADERS = 100
 MAX_BODY_BYTES = 1024 * 1024
+# An idle keep-alive connection holds a descriptor from the admin share of `[limits] fd_reserve`:
+# closed after a few seconds (a scrape every 15 s opens a fresh one cheaply).
+KEEPALIVE_SECONDS = 5.0
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
-REASONS = {200: "OK", 201: "Created", 204: "No Content", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
-           405: "Method Not Allowed", 409: "Conflict", 413: "Payload Too Large",
-           431: "Request Header Fields Too Large", 500: "Internal Server Error"}
-
-
-class HttpRequest:
-    __slots__ = ("method", "path", "query", "headers", "body")
-
-    def __init__(self, method: str, path: str, query: str, headers: dict[str, str], body: bytes):
-        self.method, self.path, self.query, self.headers, self.body = method, path, query, headers, body
-
-    def json(self) -> Any:
-        try:
-            return json.loads(self.body or b"null")
-        except ValueError as exc:
-            raise HttpError(400, f"body is not JSON: {exc}") from None
+ACCESS = web.AppKey("access", "Access")
 
 
-class HttpReply:
-    __slots__ = ("status", "content_type", "body", "headers")
+class Access:
+    """Who may do what. ``token``: required on every state change (POST/PUT/DELETE), loopback too;
+    on reads of /api/ only when ``protect_reads`` (`[admin] protect_reads`, or an address beyond
+    loopback). ``open_paths``: API reads that never need it (the OpenAPI document)."""
 
-    def __init__(self, status: int, body: bytes | str, content_type: str = "text/plain; charset=utf-8",
-                 headers: tuple[tuple[str, str], ...] = ()):
-        self.status = status
-        self.body = body.encode() if isinstance(body, str) else body
-        self.content_type = content_type
-        self.headers = headers
+    def __init__(self, token: str | None, *, protect_reads: bool = False, source: str = "",
+                 open_paths: frozenset[str] = frozenset()):
+        self.token, self.protect_reads, self.source, self.open_paths = token, protect_reads, source, open_paths
 
-    @classmethod
-    def json(cls, doc: Any, status: int = 200, headers: tuple[tuple[str, str], ...] = ()) -> "HttpReply":
-        return cls(status, json.dumps(doc, indent=1, default=str) + "\n", "application/json", headers)
+    def needs_token(self, method: str, path: str) -> bool:
+        if method not in SAFE_METHODS:
+            return True
+        return self.protect_reads and path.startswith("/api/") and path not in self.open_paths
+
+    def allows(self, header: str | None) -> bool:
+        return self.token is not None and authorized(header, self.token)
 
 
-class HttpError(Exception):
+class ApiError(Exception):
+    """A 4xx with its reason: the body is ``{"error": reason}``."""
+
     def __init__(self, status: int, reason: str):
         super().__init__(reason)
         self.status, self.reason = status, reason
 
 
-class Router:
-    def __init__(self) -> None:
-        self.routes: dict[tuple[str, str], Handler] = {}
-        self.prefixes: list[tuple[str, str, Handler]] = []
-        self.protected: set[tuple[str, str]] = set()
+def json_response(doc: Any, status: int = 200, *, compact: bool = False) -> web.Response:
+    # compact: the C encoder (indent forces the pure-Python one, 4x slower on a full page)
+    text = json.dumps(doc, default=str) if compact else json.dumps(doc, indent=1, default=str)
+    # no charset parameter: JSON is UTF-8 by definition (RFC 8259 §8.1)
+    return web.Response(status=status, body=(text + "\n").encode(), content_type="application/json")
 
-    def add(self, method: str, path: str, handler: Handler, *, protected: bool = False) -> None:
-        """``protected``: a GET that needs the token when the server has one (listings); every
-        other method always does (state changes)."""
-        if protected:
-            self.protected.add((method, path))
-        if path.endswith("/*"):
-            self.prefixes.append((method, path[:-1], handler))
+
+def error_response(status: int, reason: str, headers: dict[str, str] | None = None) -> web.Response:
+    response = json_response({"error": reason}, status)
+    response.headers.update(headers or {})
+    return response
+
+
+async def read_json(request: web.Request) -> Any:
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError(413, f"body too large: at most {MAX_BODY_BYTES} bytes") from None
+    try:
+        return json.loads(body or b"null")
+    except ValueError as exc:
+        raise ApiError(400, f"body is not JSON: {exc}") from None
+
+
+@web.middleware
+async def _guard(request: web.Request, handler) -> web.StreamResponse:
+    access = request.app[ACCESS]
+    if access.needs_token(request.method, request.path) and not access.allows(request.headers.get("Authorization")):
+        log_event(log, "admin.unauthorized", logging.WARNING, method=request.method, path=request.path,
+                  source=_address(request), user_agent=request.headers.get("User-Agent", ""))
+        return error_response(401, "a bearer token is required (RFC 6750)",
+                              {"WWW-Authenticate": 'Bearer realm="meter"'})
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc.status, exc.reason)
+    except web.HTTPRequestEntityTooLarge:
+        return error_response(413, f"body too large: at most {MAX_BODY_BYTES} bytes")
+    except web.HTTPException as exc:  # aiohttp's own 404/405: the same JSON shape as ours
+        if exc.status >= 400:
+            reason = {404: f"no such resource: {request.path}",
+                      405: f"{request.method} not allowed on {request.path}"}.get(exc.status, exc.reason)
+            return error_response(exc.status, reason, {k: v for k, v in exc.headers.items() if k == "Allow"})
+        raise
+    except Exception:  # an admin page must never take the node down
+        log.exception("admin handler failed")
+        return error_response(500, "internal error, see the node's log")
+
+
+def application() -> web.Application:
+    """An empty admin application with the node's error handling and token check."""
+    return web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_guard])
+
+
+class _Handler(RequestHandler):
+    def handle_error(self, request, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if not isinstance(exc, BadHttpMessage) or request.writer.output_size > 0:
+            return super().handle_error(request, status, exc, message)
+        # A request that is not HTTP: one line in the log (aiohttp's own is a traceback), a JSON
+        # answer, and 431 for an oversized head (RFC 6585 §5) where aiohttp says 400.
+        if isinstance(exc, LineTooLong) or "Too many headers" in str(exc):
+            status, reason = 431, "request head too large"
         else:
-            self.routes[(method, path)] = handler
-
-    def find(self, method: str, path: str) -> Handler:
-        handler = self.routes.get((method, path))
-        if handler:
-            return handler
-        for m, prefix, h in self.prefixes:
-            if m == method and path.startswith(prefix):
-                return h
-        if any(p == path for (_, p) in self.routes) or any(path.startswith(p) for (_, p, _) in self.prefixes):
-            raise HttpError(405, f"{method} not allowed on {path}")
-        raise HttpError(404, f"no such resource: {path}")
-
-    def needs_token(self, method: str, path: str) -> bool:
-        return method not in ("GET", "HEAD") or (method, path) in self.protected
+            status, reason = 400, f"malformed request: {str(exc).strip().splitlines()[0][:200]}"
+        log_event(log, "admin.bad_request", status=status, reason=reason, source=_address(request))
+        response = error_response(status, reason)
+        response.force_close()
+        return response
 
 
-class _HttpProtocol(asyncio.Protocol):
-    def __init__(self, router: Router, token: str | None):
-        self.router = router
-        self.token = token
-        self.buffer = b""
-        self.transport: asyncio.Transport | None = None
+class _Server(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _Handler(self, loop=self._loop, **self._kwargs)
 
-    def connection_made(self, transport) -> None:
-        self.transport = transport
 
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        head_end = self.buffer.find(b"\r\n\r\n")
-        if head_end < 0:
-            if len(self.buffer) > MAX_HEAD_BYTES:
-                self._reply(HttpReply(431, "request head too large\n"))
-            return
-        try:
-            request = self._parse(head_end)
-        except HttpError as exc:
-            self._reply(HttpReply(exc.status, exc.reason + "\n"))
-            return
-        if request is None:
-            return  # body still arriving
-        asyncio.ensure_future(self._dispatch(request))
-
-    def _parse(self, head_end: int) -> HttpRequest | None:
-        head = self.buffer[:head_end].decode("latin-1")
-        lines = head.split("\r\n")
-        try:
-            method, target, _version = lines[0].split(" ", 2)
-        except ValueError:
-            raise HttpError(400, "malformed request line") from None
-        headers = {}
-        for line in lines[1:]:
-            name, sep, value = line.partition(":")
-            if not sep:
-                raise HttpError(400, f"malformed header line: {line[:40]!r}")
-            headers[name.strip().lower()] = value.strip()
-        try:
-            length = int(headers.get("content-length", "0"))
-        except ValueError:
-            raise HttpError(400, "bad Content-Length") from None
-        if length > MAX_BODY_BYTES:
-            raise HttpError(413, "body too large")
-        body_start = head_end + 4
-        if len(self.buffer) < body_start + length:
-            return None
-        body = self.buffer[body_start:body_start + length]
-        self.buffer = b""
-        path, _, query = target.partition("?")
-        return HttpRequest(method.upper(), path, query, headers, body)
-
-    async def _dispatch(self, request: HttpRequest) -> None:
-        try:
-            # before the route is looked up: without the token, no 404/405 tells what exists
-            if self.token is not None and self.router.needs_token(request.method, request.path) \
-                    and not authorized(request.headers.get("authorization"), self.token):
-                peer = self.transport.get_extra_info("peername") if self.transport else None
-                log_event(log, "admin.unauthorized", logging.WARNING, method=request.method, path=request.path,
-                          source=_address(peer), user_agent=request.headers.get("user-agent", ""))
-                self._reply(HttpReply.json({"error": "a bearer token is required (RFC 6750)"}, 401,
-                                           headers=(("WWW-Authenticate", 'Bearer realm="meter"'),)))
-                return
-            handler = self.router.find(request.method, request.path)
-            reply = handler(request)
-            if asyncio.iscoroutine(reply):
-                reply = await reply
-        except HttpError as exc:
-            reply = HttpReply.json({"error": exc.reason}, exc.status)
-        except Exception:  # an admin page must never take the node down
-            log.exception("admin handler failed")
-            reply = HttpReply.json({"error": "internal error, see the node's log"}, 500)
-        self._reply(reply)
-
-    def _reply(self, reply: HttpReply) -> None:
-        if not self.transport or self.transport.is_closing():
-            return
-        reason = REASONS.get(reply.status, "Unknown")
-        extra = "".join(f"{name}: {value}\r\n" for name, value in reply.headers)
-        head = (f"HTTP/1.1 {reply.status} {reason}\r\nContent-Type: {reply.content_type}\r\n{extra}"
-                f"Content-Length: {len(reply.body)}\r\nConnection: close\r\n\r\n")
-        self.transport.write(head.encode() + reply.body)
-        self.transport.close()
+class _Runner(web.AppRunner):
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = _Server  # same state, our request handler
+        return server
 
 
 class AdminServer:
-    """``token``: required (``Authorization: Bearer``) for listings and state changes; None: open.
-    ``token_source`` names where it came from, for the start-up log line (never the token itself)."""
+    """The application on ``host:port``; ``port`` 0 takes a free one (read ``.port`` after start)."""
 
-    def __init__(self, router: Router, host: str, port: int, token: str | None = None, token_source: str = ""):
-        self.router, self.host, self.port = router, host, port
-        self.token, self.token_source = token, token_source
-        self.server: asyncio.base_events.Server | None = None
+    def __init__(self, app: web.Application, host: str, port: int):
+        self.app, self.host, self.port = app, host, port
+        self.runner: web.AppRunner | None = None
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(lambda: _HttpProtocol(self.router, self.token), self.host, self.port)
-        self.port = self.server.sockets[0].getsockname()[1]
-        if self.token is None:
-            log_event(log, "admin.listening", host=self.host, port=self.port, auth="none")
-        else:
-            log_event(log, "admin.listening", host=self.host, port=self.port, auth="bearer",
-                      token_from=self.token_source, protected="listings and state changes")
-
+        self.runner = _Runner(self.app, access_log=None, keepalive_timeout=KEEPALIVE_SECONDS,
+                              max_line_size=MAX_HEAD_BYTES, max_field_size=MAX_HEAD_BYTES, max_headers=MAX_HEADERS)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, self.host, self.port)
+        try:
+            await site.start()  # OSError on a port in use: `meter run` stops with node.cannot_start
+        except BaseException:
+            await self.runner.cleanup()
+            raise
+        self.port = self.runner.addresses[0][1]
+        access = self.app[ACCESS]
+        log_event(log, "admin.listening", host=self.host, port=self.port, auth="bearer",
+                  token_from=access.source, protected="state changes and API reads" if access.protect_reads
+                  else "state changes")
 
     async def close(self) -> None:
-        if self.server:
-            self.server.close()
-            await self.server.wait_closed()
+        if self.runner:
+            await self.runner.cleanup()
 
 
-def _address(peer) -> str:
+def _address(request: web.Request) -> str:
+    peer = request.transport.get_extra_info("peername") if request.transport else None
     return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else ""
-

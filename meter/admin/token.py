@@ -65,3 +65,14 @@ def authorized(header: str | None, token: str) -> bool:
     """An ``Authorization: Bearer <token>`` header carrying ``token`` (compared in constant time)."""
     scheme, _, value = (header or "").strip().partition(" ")
     return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), token.encode())
+
+
+def read_secret_file(path: str) -> str:
+    """A password kept in a file (`[admin] metrics_password_file`), as Prometheus' ``password_file``."""
+    try:
+        secret = Path(path).read_text().strip()
+    except OSError as exc:
+        raise TokenError(f"[admin] metrics_password_file {path}: cannot read: {exc.strerror}") from None
+    if not secret:
+        raise TokenError(f"[admin] metrics_password_file {path} is empty")
+    return secret

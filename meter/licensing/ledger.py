@@ -26,6 +26,7 @@ from meter.licensing.model import POOLED, RMS_HALF_UNITS, UNIT_SCALE, Kind, Lice
 from meter.licensing.platforms import Platform
 from meter.licensing.pool import OUTAGE_FAIL_CLOSED, LicensePool, MemoryPool
 from meter.licensing.refusals import REFUSALS, Refusal
+from meter.licensing.usage import UsageMeter
 
 ENFORCE, OBSERVE = "enforce", "observe"
 ENFORCEMENTS = (ENFORCE, OBSERVE)  # the `enforcement` label of meter_refusals_total
@@ -121,6 +122,7 @@ class Ledger:
         enforcement: str = ENFORCE,
         alarms: AlarmBoard | None = None,
         now: float = 0.0,
+        usage: UsageMeter | None = None,
     ) -> None:
         _check_enforcement(enforcement)
         self.node, self.role, self.platform, self.enforcement = node, role, platform, enforcement
@@ -144,6 +146,30 @@ class Ledger:
         self._exhausted: set[str] = set()
         self._node_name = node
         self._set_usage = self.pool.set_usage  # bound once: called on every charge and release
+        # Peaks taken at every charge, never sampled (meter.licensing.usage); None: not kept.
+        self.usage: UsageMeter | None = None
+        if usage is not None:
+            self.attach_usage(usage)
+
+    def attach_usage(self, usage: UsageMeter) -> UsageMeter:
+        """Account this ledger's changes in ``usage`` from now on, starting from what it holds now."""
+        self.usage = usage
+        for lic in POOLED:
+            usage.license_changed(lic, self._in_use[lic], self._now)
+        for media, count in self._calls_by_media.items():
+            for _ in range(count):
+                usage.call_changed(media, 1, self._now)
+        self._publish_usage(self._now)
+        return usage
+
+    def _publish_usage(self, now: float) -> None:
+        # Off the hot path (tick, new licenses): the peers' last published usage and the pool's size.
+        usage = self.usage
+        if usage is None:
+            return
+        for lic in POOLED:
+            usage.peers_published(lic, self.pool.usage_elsewhere(lic, now, self.node),
+                                  self.pool.capacity(lic, now, self.node), now)
 
     # ---- licenses and enforcement -------------------------------------------------------
 
@@ -151,6 +177,7 @@ class Ledger:
         """This node's own licenses (from its option keys), contributed to the cluster pool (P1)."""
         self._now = now
         self.pool.contribute(self.node, {str(k): v for k, v in quantities.items()}, now)
+        self._publish_usage(now)
 
     def set_enforcement(self, enforcement: str) -> None:
         _check_enforcement(enforcement)
@@ -208,6 +235,8 @@ class Ledger:
             if reason in ("rms_exhausted", "room_exhausted", "desktop_exhausted", "cmr_exhausted"):
                 self._exhausted_alarm(license, now)
             self.refusals[(str(license), reason, self.enforcement)] += 1
+            if self.usage is not None:
+                self.usage.refusal(str(license), self.enforcement != ENFORCE)
             if self.enforcement == ENFORCE:
                 return Decision(False, reason, rules + (REFUSALS[reason].rule,), license, units)
             observed = True
@@ -314,6 +343,8 @@ class Ledger:
                 value = 0
             self._in_use[license] = value
             self._set_usage(self._node_name, license, value)
+            if self.usage is not None:
+                self.usage.license_changed(license, value, self._now)
         kind = entry.kind
         if kind == Kind.CALL:
             call_units = self._call_units + sign * entry.phys
@@ -323,6 +354,8 @@ class Ledger:
             by_media[entry.media] = count if count > 0 else 0
             count = by_license[entry.license] + sign
             by_license[entry.license] = count if count > 0 else 0
+            if self.usage is not None:
+                self.usage.call_changed(entry.media, sign, self._now)
             if self._node_hot:
                 if self._call_units * 100 < self._call_cap * ALARM_CLEAR_PERCENT:
                     self._node_alarm(False)
@@ -389,6 +422,7 @@ class Ledger:
             else:
                 self.alarms.clear(alarm_id, f"peer {peer.name}'s licenses left the pool (P2)", now)
         self._outage_alarm(now)
+        self._publish_usage(now)
         for license in list(self._exhausted):
             self._maybe_clear_exhausted(license)
 

@@ -24,6 +24,7 @@ from meter.licensing.devices import DeviceCatalog
 from meter.licensing.ledger import ENFORCE, Decision, Ledger
 from meter.licensing.model import UNIT_SCALE, Kind, License, Media
 from meter.licensing.registrations import RegistrationCharge, RegistrationFacts, classify_registration
+from meter.licensing.usage import UsageMeter
 from meter.logs import log_event
 from meter.zones import ZoneSettings, ZoneTable
 
@@ -33,8 +34,12 @@ log = logging.getLogger("meter.metering")
 # two racing REGISTERs cannot both take the last license) until the upstream answers: its 2xx
 # confirms the reservation, a refusal (a 401 challenge, 403) or no answer (the core's Timer F)
 # releases it at once (``release_reservation``).
-# Usage history kept in the state directory for `meter licenses` (principle 4: durable usage).
+# The last ledger snapshot kept in the state directory for `meter licenses`.
 USAGE_RECORD_SECONDS = 60.0
+# The usage history's buckets are a minute (meter.store.usage_history); its roll-up and retention
+# run this often.
+USAGE_BUCKET_SECONDS = 60.0
+USAGE_MAINTAIN_SECONDS = 3600.0
 # Option keys set with `meter xconfiguration option N key K` while the node runs land in the
 # state directory; the node looks for them this often (one small SQLite read).
 KEY_POLL_SECONDS = 5.0
@@ -69,11 +74,19 @@ class CallRecord:
 class Metering:
     def __init__(self, ledger: Ledger, catalog: DeviceCatalog, zones: ZoneTable, *, role: str,
                  node_name: str, sip_mode: str = "standalone", licensing=None,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, usage_history=None):
         self.ledger, self.catalog, self.zones = ledger, catalog, zones
         self.role, self.node_name, self.sip_mode = role, node_name, sip_mode
         self.licensing = licensing  # NodeLicensing (durable keys, license mode), None in pure tests
         self.clock = clock
+        # Peaks at every charge (meter.licensing.usage), for the API, metrics and the history.
+        self.usage: UsageMeter = ledger.usage if ledger.usage is not None \
+            else ledger.attach_usage(UsageMeter(node_name, clock()))
+        # meter.store.usage_history.UsageHistory: per-minute buckets, written from tick; None in pure tests.
+        self.usage_history = usage_history
+        self._usage_minute = clock() // USAGE_BUCKET_SECONDS
+        self._peaks_saved = self.usage.peak_changes
+        self._next_usage_maintain = 0.0
         self.registrations: dict[tuple[str, str], RegistrationRecord] = {}
         self.calls: dict[tuple[str, str], CallRecord] = {}
         # SIP AOR by "user" and "user@host": how an H.323 alias finds a SIP registration (C9).
@@ -127,6 +140,9 @@ class Metering:
         self._sip_names.clear()
         if self.licensing is not None:
             self.licensing.close()
+        if self.usage_history is not None:
+            self.usage_history.close()
+            self.usage_history = None
 
     # ---- periodic work -----------------------------------------------------------------
 
@@ -140,6 +156,39 @@ class Metering:
         if self.licensing is not None and now >= self._next_usage_record:
             self._next_usage_record = now + USAGE_RECORD_SECONDS
             self.licensing.store.record_usage(self.ledger.snapshot(now).to_dict(), now)
+        if self.usage_history is not None:
+            self._record_usage(now)
+
+    def _record_usage(self, now: float, *, final: bool = False) -> None:
+        """Off the hot path: the minute's window into the history at each new minute (or at
+        shutdown, ``final``), the peaks at the first tick after one moved, the roll-up hourly."""
+        history, usage = self.usage_history, self.usage
+        try:
+            minute = now // USAGE_BUCKET_SECONDS
+            if final or minute != self._usage_minute:
+                self._usage_minute = minute
+                history.record(usage.take_window(now))
+            if final or usage.peak_changes != self._peaks_saved:
+                self._peaks_saved = usage.peak_changes
+                history.save_peaks(usage.state(), now)
+            if not final and now >= self._next_usage_maintain:
+                self._next_usage_maintain = now + USAGE_MAINTAIN_SECONDS
+                history.maintain(now)
+        except Exception as exc:  # a full disk must not stop metering; the next minute tries again
+            log_event(log, "usage.history_write_failed", logging.ERROR, path=str(history.path), error=str(exc))
+
+    def reset_peaks(self, now: float) -> float:
+        """The operator's reset of the since-reset peaks, written to the history at once."""
+        self.usage.reset_peaks(now)
+        log_event(log, "usage.peaks_reset", at=now)
+        if self.usage_history is not None:
+            self._record_usage(now, final=True)
+        return now
+
+    def flush_usage(self, now: float) -> None:
+        """Node shutdown, before the shutdown's releases: the current minute and the peaks."""
+        if self.usage_history is not None:
+            self._record_usage(now, final=True)
 
     # ---- registrations -----------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """Durable licensing state in SQLite under the node's state directory, and the issuer key files.
 
-Option keys, the license mode, alarms, the node serial, the trusted issuer public key, recent
-usage snapshots and the lost cluster peers whose licenses still count (P2), all surviving a restart (docs/design.md principle 4). The licensing domain
+Option keys, the license mode, alarms, the node serial, the trusted issuer public key, the
+last ledger snapshot (for `meter licenses`; the usage history is ``meter.store.usage_history``) and the lost cluster peers whose licenses still count (P2), all surviving a restart (docs/design.md principle 4). The licensing domain
 (``meter.licensing``) never imports this module: it gets key rows, alarms and keys from here.
 
 First use creates what is missing: the node serial (random, like a hardware serial) and, for a
@@ -31,8 +31,8 @@ from meter.licensing.pool import PeerRecord
 DB_NAME = "licensing.sqlite"
 ISSUER_KEY_NAME = "issuer-ed25519.pem"
 SCHEMA_VERSION = 1
-# Usage snapshots kept for `meter licenses` and the API: a day at one per minute and a half.
-USAGE_ROWS_KEPT = 2000
+# The last ledger snapshot, for `meter licenses` (a meta row; history: meter.store.usage_history).
+USAGE_SNAPSHOT_META = "usage_snapshot"
 # A CLI command and the running node may write at the same time; wait rather than fail.
 BUSY_TIMEOUT_MS = 5000
 
@@ -43,7 +43,7 @@ CREATE TABLE IF NOT EXISTS option_keys (
 CREATE TABLE IF NOT EXISTS alarms (
     id TEXT PRIMARY KEY, rule TEXT NOT NULL, severity TEXT NOT NULL, reason TEXT NOT NULL,
     raised_at REAL NOT NULL, cleared_at REAL, cleared_reason TEXT NOT NULL DEFAULT '');
-CREATE TABLE IF NOT EXISTS usage (at REAL NOT NULL, snapshot TEXT NOT NULL);
+DROP TABLE IF EXISTS usage;
 CREATE TABLE IF NOT EXISTS lost_peers (
     cluster TEXT NOT NULL, peer TEXT NOT NULL, last_seen REAL NOT NULL, call_capacity INTEGER NOT NULL,
     contributed TEXT NOT NULL, PRIMARY KEY (cluster, peer));
@@ -158,17 +158,19 @@ class LicensingStore:
             sql += " WHERE cleared_at IS NULL"
         return [Alarm(*row) for row in self._db.execute(sql + " ORDER BY raised_at, id")]
 
-    # ---- usage snapshots ----------------------------------------------------------------
+    # ---- the last usage snapshot -----------------------------------------------------------
 
     def record_usage(self, snapshot: dict, now: float) -> None:
-        """Keep a ledger snapshot (``Snapshot.to_dict()``) for `meter licenses` and the API."""
-        self._db.execute("INSERT INTO usage (at, snapshot) VALUES (?, ?)", (now, json.dumps(snapshot)))
-        self._db.execute("DELETE FROM usage WHERE rowid NOT IN "
-                         "(SELECT rowid FROM usage ORDER BY at DESC LIMIT ?)", (USAGE_ROWS_KEPT,))
+        """Keep the last ledger snapshot (``Snapshot.to_dict()``) for `meter licenses`; the history
+        of usage is the per-minute buckets of ``meter.store.usage_history``."""
+        self.set_meta(USAGE_SNAPSHOT_META, json.dumps({"at": now, "snapshot": snapshot}))
 
     def latest_usage(self) -> tuple[float, dict] | None:
-        row = self._db.execute("SELECT at, snapshot FROM usage ORDER BY at DESC LIMIT 1").fetchone()
-        return (row[0], json.loads(row[1])) if row else None
+        stored = self.get_meta(USAGE_SNAPSHOT_META)
+        if stored is None:
+            return None
+        value = json.loads(stored)
+        return value["at"], value["snapshot"]
 
     # ---- lost cluster peers (P2) ---------------------------------------------------------
 
@@ -217,7 +219,10 @@ class LicensingStore:
         keep = {k: self.get_meta(k) for k in ("serial", "issuer_public_key", "schema_version")}
         self._db.execute("BEGIN")
         try:
-            for table in ("option_keys", "alarms", "usage", "meta"):
+            # the usage history's tables (meter.store.usage_history), when the node has run
+            history = [row[0] for row in self._db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'usage!_%' ESCAPE '!'")]
+            for table in ("option_keys", "alarms", "meta", *history):
                 self._db.execute(f"DELETE FROM {table}")
             for key, value in keep.items():
                 if value is not None:

@@ -139,7 +139,17 @@ def test_admin_beyond_loopback_requires_the_token_and_says_so(tmp_path):
         meter.stop()
 
 
-def test_admin_on_loopback_stays_open_without_a_token_file(node):
+def test_admin_on_loopback_reads_are_open_state_changes_need_the_token(node):
+    """Contract B (issue 12): on loopback reads stay open; a state change needs the token there too,
+    so the node makes one (0600) at first start."""
     assert _get(node.url("/api/registrations")) == 200
-    assert not (node.state_dir / "admin-token").exists()
-    assert "auth=none" in node.log_path.read_text()
+    token_file = node.state_dir / "admin-token"
+    assert stat.S_IMODE(os.stat(token_file).st_mode) == 0o600
+    request = urllib.request.Request(node.url("/api/v1/usage/reset-peaks"), data=b"", method="POST")
+    try:
+        urllib.request.urlopen(request, timeout=10)
+        status = 200
+    except urllib.error.HTTPError as err:
+        status = err.code
+    assert status == 401
+    assert 'protected="state changes"' in node.log_path.read_text()

@@ -1,6 +1,7 @@
-"""The admin API (issue 10 item 8): listings are paged by key (?limit=&after=, a `next` cursor), built
-in slices that yield to the loop, and beyond loopback the listings and every state change need the
-bearer token (RFC 6750); on loopback the API stays open."""
+"""The admin API (issue 10 item 8, issue 12 item 3): listings are paged by key (?limit=&after=, a `next`
+cursor), built in slices that yield to the loop; every state change needs the bearer token (RFC 6750),
+API reads need it beyond loopback or with `protect_reads`; on loopback reads stay open. The server is
+aiohttp on the node's loop: 431 for an oversized head, 413 for an oversized body."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from types import SimpleNamespace
 import pytest
 
 from meter.admin import paging
-from meter.admin.api import build_router
-from meter.admin.http import AdminServer
+from meter.admin.api import build_app
+from meter.admin.http import MAX_BODY_BYTES, Access, AdminServer
 from meter.admin.token import ENV_VAR, FILE_NAME, TokenError, authorized, for_admin, is_loopback, load_or_create
 from meter.config import AdminSettings
 from meter.metering.join import RegistrationRecord
@@ -29,16 +30,17 @@ def registrations(n: int) -> dict:
 
 
 def fake_node(regs: dict, calls: dict | None = None, **admin) -> SimpleNamespace:
-    metering = SimpleNamespace(registrations=regs, calls=calls or {})
+    metering = SimpleNamespace(registrations=regs, calls=calls or {}, node_name="meter-test", clock=time.time)
     return SimpleNamespace(metering=metering, config=SimpleNamespace(admin=AdminSettings(**admin)),
                            sip=None, pool_sync=None)
 
 
-async def http(port: int, target: str, *, method: str = "GET", headers: dict | None = None) -> tuple[int, dict, bytes]:
+async def http(port: int, target: str, *, method: str = "GET", headers: dict | None = None,
+               body: bytes = b"") -> tuple[int, dict, bytes]:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    head = f"{method} {target} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n"
+    head = f"{method} {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {len(body)}\r\n"
     head += "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
-    writer.write((head + "\r\n").encode())
+    writer.write((head + "\r\n").encode() + body)
     data = await asyncio.wait_for(reader.read(), 30)
     writer.close()
     top, _, body = data.partition(b"\r\n\r\n")
@@ -47,8 +49,8 @@ async def http(port: int, target: str, *, method: str = "GET", headers: dict | N
     return int(lines[0].split()[1]), hdrs, body
 
 
-async def serving(node, *, token=None):
-    server = AdminServer(build_router(node), "127.0.0.1", 0, token, "test")
+async def serving(node, *, token="s3cret", protect_reads=False):
+    server = AdminServer(build_app(node, Access(token, protect_reads=protect_reads, source="test")), "127.0.0.1", 0)
     await server.start()
     return server
 
@@ -183,21 +185,23 @@ def test_authorized_takes_only_the_bearer_scheme_and_the_right_token():
     assert not authorized("Basic s3cret", "s3cret") and not authorized("s3cret", "s3cret")
 
 
-def test_with_a_token_listings_and_state_changes_need_it_and_get_401_without(caplog):
+def test_beyond_loopback_reads_need_the_token_and_get_401_without(caplog):
     node = fake_node(registrations(3))
 
     async def main():
-        server = await serving(node, token="s3cret")
+        server = await serving(node, token="s3cret", protect_reads=True)
         try:
             port = server.port
-            status, hdrs, _ = await http(port, "/api/registrations", headers={"User-Agent": "svwar\r\nX: y"})
+            status, hdrs, body = await http(port, "/api/registrations", headers={"User-Agent": "svwar\r\nX: y"})
             assert status == 401 and hdrs["www-authenticate"] == 'Bearer realm="meter"'
-            assert (await http(port, "/api/calls", headers={"Authorization": "Bearer wrong"}))[0] == 401
-            assert (await http(port, "/api/registrations", method="POST"))[0] == 401  # state change
+            assert "bearer token" in json.loads(body)["error"]
+            assert (await http(port, "/api/v1/calls", headers={"Authorization": "Bearer wrong"}))[0] == 401
+            assert (await http(port, "/api/v1/nothing-here"))[0] == 401  # no 404 tells what exists
             status, _, body = await http(port, "/api/registrations", headers={"Authorization": "Bearer s3cret"})
             assert status == 200 and json.loads(body)["total"] == 3
             assert (await http(port, "/metrics"))[0] != 401  # Prometheus' scrape and the health check stay open
             assert (await http(port, "/healthz"))[0] == 200
+            assert (await http(port, "/api/v1/openapi.json"))[0] == 200  # the document describes, reveals nothing
         finally:
             await server.close()
 
@@ -208,35 +212,60 @@ def test_with_a_token_listings_and_state_changes_need_it_and_get_401_without(cap
     assert refused[0].facts["user_agent"] == "svwar"  # the head parser splits lines: no CR/LF gets through
     started = [r for r in caplog.records if r.getMessage() == "admin.listening"]
     assert started[0].facts["auth"] == "bearer" and started[0].facts["token_from"] == "test"
+    assert started[0].facts["protected"] == "state changes and API reads"
 
 
-def test_a_state_change_with_the_token_goes_through():
-    from meter.admin.http import HttpReply, Router
-
-    router = Router()
-    changed = []
-    router.add("POST", "/api/thing", lambda req: changed.append(1) or HttpReply(204, b""))
+def test_a_state_change_needs_the_token_on_loopback_too():
+    """Contract B: POST/PUT/DELETE always need the bearer token; reads on loopback do not."""
+    node = fake_node(registrations(2))
 
     async def main():
-        server = AdminServer(router, "127.0.0.1", 0, "s3cret", "test")
-        await server.start()
+        server = await serving(node, token="s3cret")
         try:
-            assert (await http(server.port, "/api/thing", method="POST"))[0] == 401 and changed == []
-            assert (await http(server.port, "/api/thing", method="POST",
-                               headers={"Authorization": "Bearer s3cret"}))[0] == 204 and changed == [1]
+            port = server.port
+            assert (await http(port, "/api/v1/usage/reset-peaks", method="POST"))[0] == 401
+            assert (await http(port, "/api/registrations", method="POST"))[0] == 401
+            assert (await http(port, "/api/v1/option-keys/1", method="DELETE",
+                               headers={"Authorization": "Bearer wrong"}))[0] == 401
+            assert (await http(port, "/api/registrations", method="POST",
+                               headers={"Authorization": "Bearer s3cret"}))[0] == 405
+            assert (await http(port, "/api/registrations"))[0] == 200
         finally:
             await server.close()
 
     asyncio.run(main())
 
 
-def test_without_a_token_the_api_is_open_as_before():
-    node = fake_node(registrations(2))
+def test_an_oversized_head_gets_431_and_an_oversized_body_413():
+    node = fake_node(registrations(1))
+
+    async def main():
+        server = await serving(node, token="s3cret")
+        try:
+            port = server.port
+            status, _, _ = await http(port, "/api/registrations", headers={"X-Big": "a" * 20_000})
+            assert status == 431
+            status, _, _ = await http(port, "/api/registrations",
+                                      headers={f"X-H{i}": "v" for i in range(150)})
+            assert status == 431
+            status, _, body = await http(port, "/api/v1/option-keys", method="POST", body=b"x" * (MAX_BODY_BYTES + 1),
+                                         headers={"Authorization": "Bearer s3cret", "Content-Type": "application/json"})
+            assert status == 413 and "too large" in json.loads(body)["error"]
+            assert (await http(port, "/healthz"))[0] == 200  # and the server still answers
+        finally:
+            await server.close()
+
+    asyncio.run(main())
+
+
+def test_unknown_paths_and_methods_answer_json_errors():
+    node = fake_node(registrations(1))
 
     async def main():
         server = await serving(node)
         try:
-            assert (await http(server.port, "/api/registrations"))[0] == 200
+            status, hdrs, body = await http(server.port, "/api/v1/nothing")
+            assert status == 404 and json.loads(body) == {"error": "no such resource: /api/v1/nothing"}
         finally:
             await server.close()
 
@@ -298,10 +327,9 @@ def test_report_the_worst_loop_stall_listing_60000_registrations(capsys):
                 after = paging.parse_cursor(doc["next"])
 
         async def whole():  # what the route did before: every view, indented JSON, one go
-            from meter.admin.http import HttpReply
             from meter.metering.join import registration_view
 
-            HttpReply.json([registration_view(k, r) for k, r in regs.items()])
+            json.dumps([registration_view(k, r) for k, r in regs.items()], indent=1, default=str)
 
         try:
             return await worst_gap(paged), await worst_gap(served), await worst_gap(whole), listed
