@@ -138,3 +138,53 @@ def test_r9_c4_c5_a_running_node_is_asked_through_its_config_from_any_directory(
     assert stopped.returncode == 0 and "Option 2:" in stopped.stdout
     assert "cannot reach the node" in stopped.stderr and str(node.state_dir) in stopped.stderr
     assert list(empty.iterdir()) == []
+
+
+def test_k4_xcommand_on_a_running_node_65th_and_66th_keys_peaks_reset_and_the_token(tmp_path):
+    """K4 through the running node's API (the token read from its state directory): 64 keys in
+    place, `xcommand optionkeyadd` puts a 65th (applied) and a 66th (listed as added, not processed);
+    an altered spelling is refused with the verifier's reason; `xconfiguration option N` writes
+    index N; `optionkeydelete` removes; `resetpeaks` answers; a wrong token is a 401 in one line."""
+    from meter.licensing.keys import issue_key
+    from meter.store.licensing import load_issuer
+    from meter.store.node_licensing import NodeLicensing
+
+    node = MeterProcess(tmp_path / "node")
+    with NodeLicensing.open(node.state_dir) as licensing:
+        issuer, serial = load_issuer(licensing.store.issuer_key_path), licensing.serial
+        keys = [issue_key(issuer, serial=serial, option="RMS", quantity=1, issued_at=1_700_000_000 + n)
+                for n in range(68)]
+        for text in keys[:64]:
+            licensing.add_key(text, 1_700_000_100)
+    node.start()
+    empty = tmp_path / "elsewhere"
+    empty.mkdir()
+    config = str(node.config)
+    try:
+        added = [meter("xcommand", "optionkeyadd", text, "--config", config, cwd=empty) for text in keys[64:66]]
+        altered = meter("xcommand", "optionkeyadd", keys[66] + "=" * (-len(keys[66][5:]) % 4 or 4),
+                        "--config", config, cwd=empty)
+        options = json.loads(meter("xstatus", "options", "--json", "--config", config, cwd=empty).stdout)
+        replaced = meter("xconfiguration", "option", "5", "key", keys[67], "--config", config, cwd=empty)
+        deleted = meter("xcommand", "optionkeydelete", "66", "--config", config, cwd=empty)
+        after = json.loads(meter("xstatus", "options", "--json", "--config", config, cwd=empty).stdout)
+        reset = meter("xcommand", "resetpeaks", "--config", config, cwd=empty)
+        usage = meter("xstatus", "resourceusage", "--config", config, cwd=empty)
+        wrong = meter("xcommand", "resetpeaks", "--config", config, cwd=empty, env={"METER_ADMIN_TOKEN": "nope"})
+    finally:
+        assert node.stop() == 0
+    assert [a.returncode for a in added] == [0, 0], [a.stderr for a in added]
+    assert added[0].stdout.startswith("option 65: added (active)")
+    assert added[1].stdout.startswith("option 66: added (added_not_processed)")
+    assert altered.returncode == 1 and "option key refused: altered" in altered.stderr
+    statuses = {item["index"]: item["status"] for item in options["items"]}
+    assert len(statuses) == 66 and statuses[65] == "active" and statuses[66] == "added_not_processed"
+    assert options["quantities"] == {"rms": 65}
+    assert replaced.returncode == 0 and replaced.stdout.startswith("option 5: added"), replaced.stderr
+    assert deleted.returncode == 0 and "option 66 removed" in deleted.stdout
+    assert sorted(item["index"] for item in after["items"]) == list(range(1, 66))
+    assert after["items"][4]["key"] == keys[67]
+    assert reset.returncode == 0 and reset.stdout.startswith("peaks reset at ")
+    assert usage.returncode == 0 and usage.stdout.splitlines()[1].split()[:3] == ["LICENSE", "CURRENT", "PEAK"]
+    wrong_lines = wrong.stderr.strip().splitlines()
+    assert wrong.returncode == 1 and len(wrong_lines) == 1 and "admin token" in wrong_lines[0]
