@@ -17,7 +17,7 @@ import getpass
 import os
 import sys
 
-from meter.admin.cli_support import CliError
+from meter.admin.cli_support import CliError, print_json, print_table
 from meter.sip.auth.settings import AuthSettings
 from meter.store.licensing import StoreError
 from meter.store.credentials import CredentialsError, add_user, default_path, read_entries, remove_user
@@ -46,6 +46,7 @@ def add_commands(subparsers) -> None:
 
     listing = sub.add_parser("list", parents=[common], help="list users (no hashes)")
     listing.add_argument("--realm", help="only this realm")
+    listing.add_argument("--json", action="store_true", help="print JSON")
     listing.set_defaults(func=_cmd_list)
 
 
@@ -95,7 +96,9 @@ def _cmd_list(args) -> int:
     except (CredentialsError, StoreError, CliError) as exc:
         print(f"meter users list: {exc}", file=sys.stderr)
         return 1
-    for e in entries:
-        if args.realm is None or e.realm == args.realm:
-            print(f"{e.user} {e.realm}")
+    rows = [{"user": e.user, "realm": e.realm} for e in entries if args.realm is None or e.realm == args.realm]
+    if args.json:
+        print_json(rows)
+    else:
+        print_table(rows, ("user", "realm"))
     return 0
