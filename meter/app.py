@@ -249,7 +249,9 @@ def main(config: Config) -> int:
     try:
         runner(serve(config))
     except OSError as exc:  # a port in use, an address not on this machine
-        log_event(log, "node.cannot_start", level=logging.ERROR, error=str(exc))
+        from meter.startup import describe_os_error
+
+        log_event(log, "node.cannot_start", level=logging.ERROR, error=describe_os_error(config, exc))
         return 1
     return 0
 

@@ -57,9 +57,12 @@ def _embedded() -> str:
 def _cmd_check_config(args) -> int:
     from meter.config import ConfigError, load
 
+    from meter.startup import StartupError, check_references
+
     try:
         config = load(args.config)
-    except ConfigError as exc:
+        check_references(config)  # an unknown platform stops here, not as `meter run`'s traceback
+    except (ConfigError, StartupError) as exc:
         print(f"meter: bad config: {exc}", file=sys.stderr)
         return 2
     for name, section in config.sections.items():
@@ -80,19 +83,39 @@ def _cmd_run(args) -> int:
     except ConfigError as exc:
         print(f"meter: bad config, not starting: {exc}", file=sys.stderr)
         return 2
+    from meter.startup import StartupError, StateLock, check_ports, check_references, check_state_dir
     from meter.store.licensing import StoreError, check_initialised
 
-    try:  # never a new serial made up at start: it would orphan the purchased option keys (K2)
+    try:
+        check_references(config)
+    except StartupError as exc:
+        print(f"meter: bad config, not starting: {exc}", file=sys.stderr)
+        return 2
+    lock = StateLock(config.node.state_dir)
+    try:
+        check_state_dir(config.node.state_dir)
+        # never a new serial made up at start: it would orphan the purchased option keys (K2)
         check_initialised(config.node.state_dir)
-    except StoreError as exc:
+        lock.acquire()  # held while the node runs: one node per state directory
+        check_ports(config)
+    except (StoreError, StartupError) as exc:
+        lock.release()
         print(f"meter: not starting: {exc}", file=sys.stderr)
         return 2
     from meter.app import main as run_node
 
-    return run_node(config)
+    try:
+        return run_node(config)
+    finally:
+        lock.release()
 
 
 def main(argv: list[str] | None = None) -> int:
+    import logging
+
+    # A command's own messages are its output; the node's log lines (an alarm raised by a key a
+    # command installs) go nowhere unless `meter run` configures the log (meter.logs.configure).
+    logging.getLogger("meter").addHandler(logging.NullHandler())
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -184,7 +184,7 @@ class V1:
         for item in doc["items"]:
             scale = UNIT_SCALE.get(item["license"], 1)
             item["licenses"] = item["units"] / scale  # C4: an audio-only SIP call is half an RMS
-            item["charged_on"] = m.node_name
+            item["charged_on"] = _charged_on(m, item)
         _with_durations(self.node, doc["items"], m.clock())
         return json_response(doc, compact=True)
 
@@ -231,8 +231,11 @@ class V1:
             raise ApiError(400, 'body: expected {"key": "<option key text>"}')
         m, licensing = self.metering, self._licensing()
         now = m.clock()
+        index = body.get("index")  # `xconfiguration option N key K` writes index N (K4: 1..64)
+        if index is not None and (isinstance(index, bool) or not isinstance(index, int)):
+            raise ApiError(400, f"index: expected an integer 1..64, got {index!r}")
         try:
-            result = licensing.add_key(body["key"].strip(), now)
+            result = licensing.add_key(body["key"].strip(), now, index=index)
         except KeyRefused as exc:
             raise ApiError(400, str(exc)) from None  # the verifier's reason first: forged, altered...
         except ValueError as exc:
@@ -291,6 +294,14 @@ def licenses_view(metering) -> dict:
     if metering.licensing is not None:
         doc["option_keys"] = metering.licensing.view(now, metering.ledger.pool.peers(now))
     return doc
+
+
+def _charged_on(m, item: dict) -> str:
+    """This node's name, or, for a call the other node of a C/E pair pays for (C3), its role:
+    "E" seen from C, "C" seen from E (the call costs nothing here)."""
+    record = m.calls.get((item["protocol"], item["call_id"]))
+    payer = record.charge.payer if record is not None else ""
+    return payer if payer and payer != m.role else m.node_name
 
 
 def key_item(status: dict) -> dict:

@@ -141,7 +141,9 @@ PATHS = {
             "summary": "Add an option key at the next free index (K1, K4: a 65th, 66th key is listed, not processed)",
             "tags": ["option keys"], "security": [{"bearer": []}],
             "requestBody": {"required": True, "content": {"application/json": {"schema": _obj(
-                {"key": {"type": "string", "minLength": 1}})}}},
+                {"key": {"type": "string", "minLength": 1},
+                 # xConfiguration Option [1..64] Key: write this index, replacing its key (K4)
+                 "index": {"type": "integer", "minimum": 1, "maximum": 64}}, required=["key"])}}},
             "responses": {
                 "201": _ok({"allOf": [{"$ref": "#/components/schemas/OptionKey"},
                                       _obj({"warnings": {"type": "array", "items": {"type": "string"}}})]},

@@ -85,10 +85,18 @@ def cmd_backup(args) -> int:
 
 
 def cmd_restore(args) -> int:
+    from meter.startup import StartupError, StateLock
+
     try:
         state_dir = state_dir_of(args)
-        serial = restore_state(args.file, state_dir, force=args.force)
-    except StoreError as exc:
+        lock = StateLock(state_dir)
+        if state_dir.is_dir():  # a running node holds its lock: its state is not replaced under it
+            lock.acquire()
+        try:
+            serial = restore_state(args.file, state_dir, force=args.force)
+        finally:
+            lock.release()
+    except (StoreError, StartupError) as exc:
         return _fail(str(exc))
     print(f"restored {state_dir / DB_NAME} from {args.file}: serial {serial}")
     return 0

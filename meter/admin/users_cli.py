@@ -4,8 +4,9 @@
     meter users remove alice --realm lab.test
     meter users list [--realm lab.test]           user and realm per line, never a hash
 
-The file is ``--file``, else ``credentials`` in ``--state-dir`` (default ``$METER_STATE_DIR`` or
-``./state``): the node's default ``[auth] credentials_file``. A running node picks up a change
+The file is ``--file``, else ``credentials`` in the node's state directory (``--state-dir``, else
+``$METER_STATE_DIR``, else the ``[node] state_dir`` of ``--config``): the node's default
+``[auth] credentials_file``. The state directory must exist (`meter init` makes it). A running node picks up a change
 within a second. Exit status: 0 done, 1 refused or failed (reason on stderr).
 """
 
@@ -16,7 +17,9 @@ import getpass
 import os
 import sys
 
+from meter.admin.cli_support import CliError, print_json, print_table
 from meter.sip.auth.settings import AuthSettings
+from meter.store.licensing import StoreError
 from meter.store.credentials import CredentialsError, add_user, default_path, read_entries, remove_user
 
 DEFAULT_REALM = AuthSettings.realm
@@ -24,8 +27,8 @@ DEFAULT_REALM = AuthSettings.realm
 
 def add_commands(subparsers) -> None:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--state-dir", default=os.environ.get("METER_STATE_DIR", "state"),
-                        help="node state directory (default: $METER_STATE_DIR or ./state)")
+    common.add_argument("--state-dir", help="node state directory (default: $METER_STATE_DIR, else the config's)")
+    common.add_argument("--config", "-c", help="the node's config file, for its [node] state_dir")
     common.add_argument("--file", help="credentials file (default: <state-dir>/credentials)")
     users = subparsers.add_parser("users", help="digest credentials of SIP users ([auth])")
     sub = users.add_subparsers(dest="users_command", metavar="ACTION", required=True)
@@ -43,11 +46,16 @@ def add_commands(subparsers) -> None:
 
     listing = sub.add_parser("list", parents=[common], help="list users (no hashes)")
     listing.add_argument("--realm", help="only this realm")
+    listing.add_argument("--json", action="store_true", help="print JSON")
     listing.set_defaults(func=_cmd_list)
 
 
 def _path(args):
-    return args.file or default_path(args.state_dir)
+    if args.file:
+        return args.file
+    from meter.admin.licensing_cli import state_dir_of
+
+    return default_path(state_dir_of(args))
 
 
 def _password(args) -> str:
@@ -62,7 +70,7 @@ def _password(args) -> str:
 def _cmd_add(args) -> int:
     try:
         new = add_user(_path(args), args.user, args.realm, _password(args))
-    except CredentialsError as exc:
+    except (CredentialsError, StoreError, CliError) as exc:
         print(f"meter users add: {exc}", file=sys.stderr)
         return 1
     print(f"{'added' if new else 'password changed:'} {args.user} (realm {args.realm}) in {_path(args)}")
@@ -72,7 +80,7 @@ def _cmd_add(args) -> int:
 def _cmd_remove(args) -> int:
     try:
         removed = remove_user(_path(args), args.user, args.realm)
-    except CredentialsError as exc:
+    except (CredentialsError, StoreError, CliError) as exc:
         print(f"meter users remove: {exc}", file=sys.stderr)
         return 1
     if not removed:
@@ -85,10 +93,12 @@ def _cmd_remove(args) -> int:
 def _cmd_list(args) -> int:
     try:
         entries = read_entries(_path(args))
-    except CredentialsError as exc:
+    except (CredentialsError, StoreError, CliError) as exc:
         print(f"meter users list: {exc}", file=sys.stderr)
         return 1
-    for e in entries:
-        if args.realm is None or e.realm == args.realm:
-            print(f"{e.user} {e.realm}")
+    rows = [{"user": e.user, "realm": e.realm} for e in entries if args.realm is None or e.realm == args.realm]
+    if args.json:
+        print_json(rows)
+    else:
+        print_table(rows, ("user", "realm"))
     return 0

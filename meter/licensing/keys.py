@@ -19,6 +19,11 @@ Format (version 1)::
     signature  64 bytes, Ed25519 over the payload bytes
     checksum   4 bytes, SHA-256 of payload || signature, first 4 bytes
 
+Decoding is strict (K4, "altered"): the text must be exactly the encoding ``issue_key`` writes. A
+base64 decoder is lenient by default (it skips characters outside its alphabet, accepts ``=``
+padding, the ``+/`` alphabet, and ignores the unused low bits of the last character), so several
+strings would decode to one valid key; every one but the canonical one is refused as altered.
+
 Why refusals differ: the checksum is not secret, it only proves the string is whole. A key whose
 checksum does not match was changed after it was issued ("altered": a typo or an edit). A key
 whose checksum matches but whose signature does not verify, or whose issuer is not the one this
@@ -96,8 +101,10 @@ def _b64encode(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
 
 
-def _b64decode(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+def _lenient_b64decode(text: str) -> bytes:
+    """Every spelling a lenient decoder takes (either alphabet, padding or not, stray characters
+    skipped): so that a spelling of a valid key is told apart, as altered, from a non-key."""
+    return base64.b64decode(text.replace("-", "+").replace("_", "/") + "==")
 
 
 def issue_key(
@@ -135,8 +142,9 @@ def decode_key(text: str) -> tuple[OptionKey, bytes, bytes]:
     text = text.strip()
     if not text.startswith(PREFIX):
         raise KeyRefused("malformed", f"expected a key starting with {PREFIX}")
+    body = text[len(PREFIX):]
     try:
-        blob = _b64decode(text[len(PREFIX):])
+        blob = _lenient_b64decode(body)
     except (ValueError, TypeError):
         raise KeyRefused("malformed", "not base64url") from None
     if len(blob) <= _SIG + _CHECK:
@@ -144,6 +152,8 @@ def decode_key(text: str) -> tuple[OptionKey, bytes, bytes]:
     payload, signature, check = blob[:-_SIG - _CHECK], blob[-_SIG - _CHECK:-_CHECK], blob[-_CHECK:]
     if hashlib.sha256(payload + signature).digest()[:_CHECK] != check:
         raise KeyRefused("altered")
+    if _b64encode(blob) != body:  # the bytes of a whole key, spelt another way
+        raise KeyRefused("altered", "not the key's exact encoding")
     try:
         fields = payload.decode("utf-8").split("|")
         version, key_id, option, quantity, exp, serial, issued_at, issuer = fields

@@ -22,7 +22,7 @@ from typing import Callable
 from meter.licensing.calls import CallFacts, CallCharge, classify_call
 from meter.licensing.devices import DeviceCatalog
 from meter.licensing.ledger import ENFORCE, Decision, Ledger
-from meter.licensing.model import Kind, License, Media
+from meter.licensing.model import UNIT_SCALE, Kind, License, Media
 from meter.licensing.registrations import RegistrationCharge, RegistrationFacts, classify_registration
 from meter.licensing.usage import UsageMeter
 from meter.logs import log_event
@@ -68,6 +68,7 @@ class CallRecord:
     m_lines: int | None = None
     rules: tuple[str, ...] = ()
     media: str = Media.SETUP
+    started_at: float | None = None  # for the duration in the operator's log line (None: restored)
 
 
 class Metering:
@@ -120,7 +121,8 @@ class Metering:
         grants = self.licensing.grants(now)
         self.ledger.set_licenses(grants.quantities, now)
         self._next_key_change = self.licensing.next_change(now)
-        log_event(log, "licenses.in_force", quantities=dict(grants.quantities))
+        log_event(log, "licenses.in_force",
+                  quantities=[f"{lic}:{n}" for lic, n in sorted(grants.quantities.items())] or "none")
         if not grants.quantities and self.ledger.enforcement == ENFORCE:
             log_event(log, "licenses.none_in_enforce_mode", logging.WARNING,
                       hint="every registration and RMS call will be refused: install option keys "
@@ -246,8 +248,8 @@ class Metering:
             if self.journal is not None:
                 self.journal.registration_changed(record.alias)
         self.ledger.release(key, now)
-        log_event(log, "registration.released", logging.DEBUG, alias=record.alias,
-                  protocol=record.protocol, cause=cause)
+        log_event(log, "registration.released", alias=record.alias, protocol=record.protocol,
+                  license=record.license, cause=cause)
 
     def _index_sip(self, aor: str, *, add: bool) -> None:
         user_host = aor.partition(":")[2].lower()
@@ -280,7 +282,7 @@ class Metering:
                    source=source, user_agent=user_agent)
         if decision.ok:
             self.calls[key] = CallRecord(call_id, caller, callee, facts, charge, rules=decision.rules,
-                                         media=charge.media)
+                                         media=charge.media, started_at=now)
             self._call_changed(protocol, call_id)
         return decision
 
@@ -299,15 +301,19 @@ class Metering:
         decision = self.ledger.settle((protocol, call_id), final, now)
         if decision is not None:
             record.charge, record.rules, record.media = final, decision.rules, final.media
-            log_event(log, "call.settled", logging.DEBUG, call_id=call_id, media=str(final.media),
-                      units=decision.units, rules=decision.rules)
+            log_event(log, "call.settled", call_id=call_id, media=str(final.media), license=str(final.license),
+                      licenses=licenses_of(final.license, decision.units), rules=decision.rules)
 
     def end_call(self, protocol: str, call_id: str, cause: str, now: float) -> None:
         record = self.calls.pop((protocol, call_id), None)
         self.ledger.release((protocol, call_id), now)
         self._call_changed(protocol, call_id)
-        if record is not None:
-            log_event(log, "call.released", logging.DEBUG, call_id=call_id, cause=cause)
+        if record is not None:  # the operator's line for the call: its license, units and duration
+            duration = f"{now - record.started_at:.1f}s" if record.started_at is not None else "unknown"
+            log_event(log, "call.released", call_id=call_id, caller=record.caller, callee=record.callee,
+                      media=str(record.media), license=str(record.charge.license),
+                      licenses=licenses_of(record.charge.license, record.charge.units), duration=duration,
+                      rules=record.rules, cause=cause)
 
     def _call_changed(self, protocol: str, call_id: str) -> None:
         if self.journal is not None and protocol == "sip":
@@ -376,10 +382,13 @@ class Metering:
                 facts["source"] = str(facts.get("source", ""))
                 log_event(log, f"{what}.{'would_refuse' if decision.observed else 'refused'}", logging.INFO,
                           reason=decision.reason, license=str(decision.license), rules=decision.rules, **facts)
-        elif log.isEnabledFor(logging.DEBUG):
+            return
+        # A registration accepted is the operator's line (info); a call's comes when it ends.
+        level = logging.INFO if what == "registration" else logging.DEBUG
+        if log.isEnabledFor(level):
             facts["source"] = str(facts.get("source", ""))
-            log_event(log, f"{what}.charged", logging.DEBUG, license=str(decision.license),
-                      units=decision.units, rules=decision.rules, **facts)
+            log_event(log, f"{what}.charged", level, license=str(decision.license),
+                      licenses=licenses_of(decision.license, decision.units), rules=decision.rules, **facts)
 
     # ---- views for the API and CLI -----------------------------------------------------
 
@@ -400,6 +409,11 @@ def call_view(key: tuple[str, str], c: CallRecord) -> dict:
     return {"call_id": c.call_id, "protocol": key[0], "caller": c.caller, "callee": c.callee, "state": c.state,
             "call_class": str(c.media), "license": str(c.charge.license), "units": c.charge.units,
             "caller_zone": c.facts.caller_zone, "callee_zone": c.facts.callee_zone, "rules": list(c.rules)}
+
+
+def licenses_of(license: str, units: int) -> float:
+    """Units as licenses, the operator's unit: RMS is kept in halves (C4), an audio-only SIP call is 0.5."""
+    return units / UNIT_SCALE.get(license, 1)
 
 
 def _device_class(license: str) -> str:

@@ -7,13 +7,17 @@ and when a demo key expires: see ``next_change``). The ledger is separate and fe
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
-from meter.licensing.alarms import AlarmBoard
+from meter.licensing.alarms import Alarm, AlarmBoard
 from meter.licensing.keytable import AddResult, Grants, Installed, KeyStatus, OptionKeyTable
 from meter.licensing.license_mode import PRODUCTS, SMART, switch_to_smart
 from meter.licensing.options import KEY_ONLY_FEATURES, OPTIONS
+from meter.logs import log_event
 from meter.store.licensing import LicensingStore
+
+log = logging.getLogger("meter.licensing")
 
 RESTART_ALARM = "restart-required"
 
@@ -29,7 +33,7 @@ class NodeLicensing:
         self.public_key = store.issuer_public_key()
         self.keys = OptionKeyTable(self.public_key, self.serial)
         self.keys.load(store.key_rows())
-        self.alarms = AlarmBoard(on_change=store.save_alarm)
+        self.alarms = AlarmBoard(on_change=self._alarm_changed)
         self.alarms.restore(store.alarms(active_only=True))
 
     @classmethod
@@ -56,6 +60,16 @@ class NodeLicensing:
     @property
     def smart(self) -> bool:
         return self.license_mode == SMART
+
+    def _alarm_changed(self, alarm: Alarm) -> None:
+        """Persist, and tell the operator at warning: every alarm raised and cleared (K3, P4...)."""
+        self.store.save_alarm(alarm)
+        if alarm.active:
+            log_event(log, "alarm.raised", logging.WARNING, alarm=alarm.id, rule=alarm.rule,
+                      severity=alarm.severity, reason=alarm.reason)
+        else:
+            log_event(log, "alarm.cleared", logging.WARNING, alarm=alarm.id, rule=alarm.rule,
+                      reason=alarm.cleared_reason)
 
     # ---- start-up -----------------------------------------------------------------------
 
@@ -128,7 +142,7 @@ class NodeLicensing:
         with SmartStore(self.store.state_dir) as smart_store:  # Smart state goes with the mode (L2)
             smart_store.clear()
         self.keys.load([])
-        self.alarms = AlarmBoard(on_change=self.store.save_alarm)
+        self.alarms = AlarmBoard(on_change=self._alarm_changed)
         return written
 
     # ---- K6: the option-key view ----------------------------------------------------------

@@ -104,7 +104,7 @@ class SipState:
             except _UNREADABLE as exc:
                 done.unreadable += 1
                 self.store.forget_registration(aor)
-                log_event(log, "state.row_unreadable", logging.WARNING, aor=aor, error=repr(exc))
+                log_event(log, "state.row_unreadable", logging.WARNING, aor=aor, error=f"{type(exc).__name__}: {exc}")
                 continue
             if not decision.ok:
                 done.refused += 1
@@ -123,7 +123,7 @@ class SipState:
             except _UNREADABLE as exc:
                 done.unreadable += 1
                 self.store.forget_call(stored.call_id)
-                log_event(log, "state.row_unreadable", logging.WARNING, call_id=stored.call_id, error=repr(exc))
+                log_event(log, "state.row_unreadable", logging.WARNING, call_id=stored.call_id, error=f"{type(exc).__name__}: {exc}")
                 continue
             if not decision.ok:
                 done.refused += 1

@@ -59,4 +59,4 @@ def test_r9_c1_cli_lists_registrations_and_calls_with_their_rules(tmp_path):
 def test_cli_says_clearly_when_the_node_is_not_reachable():
     result = meter("calls", "--admin", "http://127.0.0.1:9")
     assert result.returncode == 1
-    assert "cannot reach the node's admin API at http://127.0.0.1:9" in result.stderr
+    assert "cannot reach the node at http://127.0.0.1:9" in result.stderr

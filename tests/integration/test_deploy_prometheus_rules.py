@@ -31,3 +31,12 @@ def test_alert_rules_fire_as_intended():
 def test_scrape_config_is_valid():
     result = promtool("check", "config", "prometheus.yml")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_alert_rule_has_a_promtool_case():
+    """Each rule in alerts.yml is named by at least one case of alerts_test.yml (firing or quiet)."""
+    import re
+
+    rules = set(re.findall(r"- alert: (\w+)", (DEPLOY / "alerts.yml").read_text()))
+    tested = set(re.findall(r"alertname: (\w+)", (DEPLOY / "alerts_test.yml").read_text()))
+    assert rules and rules <= tested, f"no promtool case for {sorted(rules - tested)}"

@@ -1,18 +1,17 @@
-"""The licensing commands, run through a parser built with add_commands (as meter/cli.py does)."""
+"""The licensing commands on a state directory (`--state-dir` / $METER_STATE_DIR: no node asked),
+run through the `meter` command's own parser."""
 
-import argparse
 import io
 
 import pytest
 
-from meter.admin.licensing_cli import add_commands, parse_expiry
+from meter.admin.licensing_cli import parse_expiry
+from meter.cli import build_parser
 from meter.store.licensing import LicensingStore, init_state
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="meter")
-    add_commands(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     return args.func(args)
 
 
@@ -175,3 +174,41 @@ def test_expiry_forms():
     assert parse_expiry("2001-01-01", now) == 978307200.0
     with pytest.raises(ValueError, match="--expires"):
         parse_expiry("soon", now)
+
+
+def test_k4_optionkeyadd_takes_the_next_free_place_so_a_66th_key_is_added_not_processed(state, capsys):
+    """K4 (CSCvf78728): `xcommand optionkeyadd` puts each key at the next free index, past 64, so a
+    65th and a 66th key exist; the 65th applies, the 66th is listed as added but not processed."""
+    import json
+
+    from meter.licensing.keys import issue_key
+    from meter.store.licensing import load_issuer
+
+    with LicensingStore(state) as store:
+        issuer, serial = load_issuer(store.issuer_key_path), store.serial
+    for n in range(66):
+        text = issue_key(issuer, serial=serial, option="RMS", quantity=1, issued_at=1_700_000_000 + n)
+        rc, out, err = run(capsys, "xcommand", "optionkeyadd", text)
+        assert rc == 0, err
+        assert out.startswith(f"option {n + 1}: 1 Rich Media Sessions")
+    assert "added_not_processed" in out and "K4" in err
+    rc, out, _ = run(capsys, "xstatus", "options", "--json")
+    doc = json.loads(out)
+    statuses = {item["index"]: item["status"] for item in doc["items"]}
+    assert len(statuses) == 66 and statuses[65] == "active" and statuses[66] == "added_not_processed"
+    assert doc["quantities"] == {"rms": 65}
+    rc, out, _ = run(capsys, "xstatus", "options")
+    assert "Option 66:" in out and "Status: added_not_processed" in out and "Licenses in force: rms 65" in out
+    # deleting one brings the 66th among the first 65 (K4), and the next add takes the freed place
+    assert run(capsys, "xcommand", "optionkeydelete", "3")[0] == 0
+    assert json.loads(run(capsys, "xstatus", "options", "--json")[1])["quantities"] == {"rms": 65}
+    rc, _, err = run(capsys, "xcommand", "optionkeydelete", "3")
+    assert rc == 1 and "option 3 is not set" in err
+
+
+def test_k4_a_non_canonical_key_is_refused_as_altered_by_optionkeyadd(state, capsys):
+    """K4 strict decoding through the command: the key with '=' padding added is refused as altered."""
+    text = issue(capsys, "--option", "ROOM", "--quantity", "3")
+    rc, _, err = run(capsys, "xcommand", "optionkeyadd", text + "=" * (-len(text[5:]) % 4 or 4))
+    assert rc == 1 and "refused: altered" in err
+    assert run(capsys, "xcommand", "optionkeyadd", text)[0] == 0

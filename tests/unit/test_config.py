@@ -60,7 +60,16 @@ def test_run_refuses_to_start_on_bad_config(tmp_path, capsys):
 
 
 def test_the_lab_compose_config_is_valid():
+    """The node's config inline in deploy/lab/compose.yaml, with the address compose puts in."""
+    import re
     from pathlib import Path
 
-    config = cfg.load(Path(__file__).resolve().parents[2] / "deploy" / "lab" / "meter-inline.toml")
+    import yaml
+
+    compose = yaml.safe_load((Path(__file__).resolve().parents[2] / "deploy" / "lab" / "compose.yaml").read_text())
+    text = compose["configs"]["meter-toml"]["content"]
+    text = re.sub(r"\$\{METER_ADVERTISED_HOST:\?[^}]*\}", "192.0.2.10", text)
+    config = cfg.parse(text, source="compose.yaml meter-toml")
     assert config.sip.mode == "inline" and config.cluster.store == "redis"
+    assert config.sip.advertised_host == "192.0.2.10" and config.node.state_dir == "/var/lib/meter"
+    assert {"source": "meter-toml", "target": "/etc/meter/meter.toml"} in compose["services"]["meter"]["configs"]

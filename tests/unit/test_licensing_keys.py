@@ -248,3 +248,42 @@ def test_keys_survive_a_restart_and_are_verified_again(tmp_path):
     assert again.serial == serial
     assert again.grants(NOW).quantities == {License.ROOM: 25}
     again.close()
+
+
+def _lenient(text: str) -> bytes:
+    """What Python's default (non-validating) base64 decoding makes of a key's body."""
+    body = text[len(PREFIX):].replace("+", "-").replace("/", "_")
+    return base64.urlsafe_b64decode(body + "==")
+
+
+def _non_canonical_spellings(text: str) -> list[str]:
+    """The same bytes spelt differently: what a lenient base64 decoder would take for the key."""
+    body = text[len(PREFIX):]
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    spellings = [
+        PREFIX + body + "=" * (-len(body) % 4 or 4),     # padding
+        PREFIX + body[:10] + "!" + body[10:],             # a character outside the alphabet, skipped
+        PREFIX + body[:10] + "\n" + body[10:],            # a line break inside
+        PREFIX + body.replace("-", "+").replace("_", "/") if ("-" in body or "_" in body) else None,
+    ]
+    unused_bits = {2: 4, 3: 2}.get(len(body) % 4, 0)  # low bits of the last character that carry nothing
+    if unused_bits:
+        last = alphabet.index(body[-1])
+        spellings.append(PREFIX + body[:-1] + alphabet[last ^ 1])
+    return [s for s in spellings if s is not None]
+
+
+def test_k4_a_non_canonical_encoding_of_a_valid_key_is_refused_as_altered():
+    """K4 strict decoding: padding, stray characters, the other base64 alphabet or non-zero unused
+    bits decode to the very bytes of a valid key, and each is refused as altered, not installed."""
+    for option, quantity in (("RMS", 100), ("ROOM", 7), ("HSM", 1)):
+        text = key(option, quantity)
+        assert verify_key(PUBLIC, SERIAL, text, NOW).text == text
+        spellings = _non_canonical_spellings(text)
+        assert len(spellings) >= 3
+        for spelt in spellings:
+            assert _lenient(spelt) == _blob(text), "a spelling of the very same key"
+            assert refusal(spelt) == "altered", spelt
+    # pasted with surrounding blanks is still the key itself
+    text = key()
+    assert verify_key(PUBLIC, SERIAL, f"  {text}\n", NOW).key_id == decode_key(text)[0].key_id

@@ -6,6 +6,7 @@ scanner cannot tell apart, the source allow-list, inline pass-through, the crede
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import stat
@@ -337,6 +338,7 @@ def test_running_node_picks_up_a_new_user_within_a_second(tmp_path):
 
 def test_meter_users_add_list_remove_stores_ha1_only_with_mode_0600(tmp_path, monkeypatch, capsys):
     state = tmp_path / "state"
+    state.mkdir()  # `meter init` made it: `meter users` never creates a state directory
     monkeypatch.setattr("sys.stdin", io.StringIO("s3cret-pw\n"))
     assert main(["users", "add", "erin", "--realm", REALM, "--password-stdin", "--state-dir", str(state)]) == 0
     path = state / "credentials"
@@ -348,7 +350,11 @@ def test_meter_users_add_list_remove_stores_ha1_only_with_mode_0600(tmp_path, mo
                                                  ha1("SHA-256", "erin", REALM, "s3cret-pw"))
     capsys.readouterr()
     assert main(["users", "list", "--state-dir", str(state)]) == 0
-    assert capsys.readouterr().out == f"erin {REALM}\n"
+    header, row, count = capsys.readouterr().out.splitlines()
+    assert header.split() == ["USER", "REALM"] and row.split() == ["erin", REALM] and count == "(1 row)"
+    assert header.index("REALM") == row.index(REALM)  # aligned
+    assert main(["users", "list", "--json", "--state-dir", str(state)]) == 0
+    assert json.loads(capsys.readouterr().out) == [{"user": "erin", "realm": REALM}]
     assert main(["users", "remove", "erin", "--realm", REALM, "--state-dir", str(state)]) == 0
     assert read_entries(path) == []
     assert main(["users", "remove", "erin", "--realm", REALM, "--state-dir", str(state)]) == 1
