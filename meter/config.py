@@ -8,6 +8,7 @@ expected (docs/design.md principle 6): ``meter.toml: [sip] port: expected an int
 from __future__ import annotations
 
 import dataclasses
+import os
 import tomllib
 import types
 import typing
@@ -36,7 +37,8 @@ class NodeSettings:
     platform: str = "large_vm"
     """Capacity profile from platforms.toml (rule P3, R6)."""
     state_dir: str = "state"
-    """Durable state (option keys, mode, usage history), relative to the working directory."""
+    """Durable state (identity, option keys, mode, usage history, bindings and calls). Relative:
+    to the config file's directory; in the embedded default, to ``$XDG_STATE_HOME/meter``."""
     gc_full_interval: float = 300.0
     """Seconds between full passes of Python's cyclic garbage collector, which stop the node for
     tens of milliseconds under load; the node makes no cyclic garbage per message, so they run on
@@ -139,15 +141,35 @@ def embedded_default_text() -> str:
 
 
 def load(path: str | Path | None = None) -> Config:
-    """Load and validate ``path``, or the embedded default when ``path`` is None."""
+    """Load and validate ``path``, or the embedded default when ``path`` is None. A relative
+    ``[node] state_dir`` is anchored where it cannot depend on the working directory (below)."""
     if path is None:
-        return parse(embedded_default_text(), source="<embedded default meter.toml>")
+        config = parse(embedded_default_text(), source="<embedded default meter.toml>")
+        return _anchor_state_dir(config, default_state_home())
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    return parse(text, source=str(path))
+    return _anchor_state_dir(parse(text, source=str(path)), path.resolve().parent)
+
+
+def default_state_home() -> Path:
+    """Where the embedded default config keeps its state: ``$XDG_STATE_HOME/meter`` (by default
+    ``~/.local/state/meter``, the XDG Base Directory spec's place for state), so `make run` and
+    every command find the same node from any directory."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "meter"
+
+
+def _anchor_state_dir(config: Config, base: Path) -> Config:
+    # A relative state_dir is relative to the config file's directory (the embedded default's:
+    # default_state_home()), never to where a command happens to run: a command run elsewhere
+    # must not miss the node's identity, nor make up a new one (K2).
+    node = config.sections.get("node")
+    if node is not None and not Path(node.state_dir).is_absolute():
+        config.sections["node"] = dataclasses.replace(node, state_dir=str(base / node.state_dir))
+    return config
 
 
 def parse(text: str, source: str = "<string>") -> Config:

@@ -7,31 +7,23 @@
     meter smart update-usage                S11
     meter smart deregister                  S8
 
-State changes send the bearer token: ``$METER_ADMIN_TOKEN``, else ``<state-dir>/admin-token``.
-Exit status: 0 done, 1 refused or failed (the reason on stderr).
+The node and its token are found as by every other command (meter.admin.cli_support: ``--admin``,
+``--config``, ``$METER_ADMIN_TOKEN`` or ``<state_dir>/admin-token``). Exit status: 0 done, 1 refused or failed (the reason on stderr).
 """
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import os
 import sys
-import urllib.error
-import urllib.request
-from pathlib import Path
 
-from meter.admin.cli import DEFAULT_ADMIN
-from meter.admin.token import ENV_VAR as TOKEN_VAR, FILE_NAME as TOKEN_FILE
+from meter.admin.cli_support import CliError, target_of, target_parent
+from meter.admin.client import AdminError, NodeUnreachable
 
 
 def add_commands(sub) -> None:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--admin", default=DEFAULT_ADMIN, help=f"admin URL of the node (default {DEFAULT_ADMIN})")
-    common.add_argument("--state-dir", default=os.environ.get("METER_STATE_DIR", "state"),
-                        help="where the admin token is (<state-dir>/admin-token) unless $METER_ADMIN_TOKEN")
-    common.add_argument("--json", action="store_true", help="print the API's JSON as is")
+    common = target_parent()
     smart = sub.add_parser("smart", help="Smart Licensing on the running node (status, register, renew, deregister)")
     actions = smart.add_subparsers(dest="smart_command", metavar="ACTION", required=True)
     actions.add_parser("status", parents=[common], help="registration, authorization, usage").set_defaults(func=cmd_status)
@@ -51,32 +43,16 @@ def add_commands(sub) -> None:
         action.set_defaults(func=lambda args, name=name: _action(args, name, {}))
 
 
-def _token(args) -> str:
-    token = os.environ.get(TOKEN_VAR, "").strip()
-    if token:
-        return token
-    try:
-        return (Path(args.state_dir) / TOKEN_FILE).read_text().strip()
-    except OSError:
-        return ""
+# The node answers an action once the manager has (or its own [smart] timeout ran out).
+ACTION_TIMEOUT = 90.0
 
 
-def _call(args, path: str, body: dict | None = None) -> tuple[int, dict]:
-    headers = {"Content-Type": "application/json"}
-    token = _token(args)
-    if token:
-        headers["Authorization"] = f"Bearer {token}"
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(f"{args.admin.rstrip('/')}/api/v1/{path}", data=data, headers=headers,
-                                     method="GET" if body is None else "POST")
-    try:
-        with urllib.request.urlopen(request, timeout=60) as reply:
-            return reply.status, json.load(reply)
-    except urllib.error.HTTPError as exc:
-        try:
-            return exc.code, json.load(exc)
-        except ValueError:
-            return exc.code, {"error": f"HTTP {exc.code}"}
+def _call(args, path: str, body: dict | None = None) -> dict:
+    client = target_of(args).client
+    if client is None:
+        raise CliError("Smart Licensing acts on the running node: give --admin or --config, not only --state-dir")
+    client.timeout = ACTION_TIMEOUT
+    return client.get(path) if body is None else client.post(path, body)
 
 
 def _when(epoch) -> str:
@@ -94,16 +70,17 @@ def _reach(fn):
     def run(args, *rest) -> int:
         try:
             return fn(args, *rest)
-        except (urllib.error.URLError, OSError) as exc:
-            return _fail(f"cannot reach the node's admin API at {args.admin}: {exc}")
+        except (NodeUnreachable, CliError) as exc:
+            return _fail(str(exc))
     return run
 
 
 @_reach
 def cmd_status(args) -> int:
-    status, doc = _call(args, "smart")
-    if status != 200:
-        return _fail(doc.get("error", f"HTTP {status}"))
+    try:
+        doc = _call(args, "smart")
+    except AdminError as exc:
+        return _fail(exc.reason)
     if args.json:
         print(json.dumps(doc, indent=1))
         return 0
@@ -161,9 +138,10 @@ def cmd_register(args) -> int:
 
 @_reach
 def _action(args, name: str, body: dict) -> int:
-    status, doc = _call(args, f"smart/{name}", body)
-    if status != 200:
-        return _fail(f"{name} refused: {doc.get('error', f'HTTP {status}')}")
+    try:
+        doc = _call(args, f"smart/{name}", body)
+    except AdminError as exc:
+        return _fail(f"{name} refused: {exc.reason}")
     if args.json:
         print(json.dumps(doc, indent=1))
     elif doc.get("ok"):

@@ -38,6 +38,8 @@ COMMANDS = [
 def meter(*args: str, cwd: Path, env: dict | None = None, stdin: str = "") -> subprocess.CompletedProcess:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("METER_")}
     environ["PYTHONPATH"] = str(ROOT)
+    # The embedded default's state lives in $XDG_STATE_HOME/meter: point it at the test's own place.
+    environ["XDG_STATE_HOME"] = str(cwd.parent / "xdg-state")
     environ.update(env or {})
     return subprocess.run([sys.executable, "-m", "meter", *args], capture_output=True, text=True,
                           timeout=60, cwd=cwd, env=environ, input=stdin)

@@ -1,8 +1,9 @@
 """No log formatting on the hot path below the active level (issue 11 item 2).
 
-A charge (R9 registration, C2 call) is logged at DEBUG: with the node at its usual INFO level the
-facts of that line are not turned into text; with DEBUG on they are, as before. A refusal (R11) is
-logged at INFO and always names its source as text.
+A call's charge (C2) is logged at DEBUG (its operator line comes when it ends): with the node at its
+usual INFO level the facts of that line are not turned into text. A registration accepted (R9) is
+the operator's INFO line (issue 12): below that level (WARNING) it builds nothing, at INFO it names
+its source. A refusal (R11) is logged at INFO and always names its source as text.
 """
 
 from __future__ import annotations
@@ -36,17 +37,17 @@ def _charge(m, alias: str, source) -> None:
 def test_r9_charge_below_the_active_level_builds_no_text(caplog):
     m, _, _ = make_metering()
     source = CountingSource()
-    with caplog.at_level(logging.INFO, logger="meter"):
+    with caplog.at_level(logging.WARNING, logger="meter"):
         _charge(m, "sip:alice@lab.test", source)
     assert ("sip", "sip:alice@lab.test") in m.registrations  # charged all the same
     assert source.texts == 0
     assert not [r for r in caplog.records if r.getMessage() == "registration.charged"]
 
 
-def test_r9_charge_at_debug_is_logged_with_its_source_as_text(caplog):
+def test_r9_charge_at_info_is_the_operators_line_with_its_source_as_text(caplog):
     m, _, _ = make_metering()
     source = CountingSource()
-    with caplog.at_level(logging.DEBUG, logger="meter"):
+    with caplog.at_level(logging.INFO, logger="meter"):
         _charge(m, "sip:alice@lab.test", source)
     (record,) = [r for r in caplog.records if r.getMessage() == "registration.charged"]
     assert record.facts["source"] == "udp:192.0.2.7:5060" and source.texts == 1

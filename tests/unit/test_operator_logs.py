@@ -85,6 +85,8 @@ def test_licenses_in_force_are_listed_without_a_repr(caplog):
     m, _, clock = make_metering()
 
     class Keys:  # the licensing state's grants, as NodeLicensing gives them
+        license_mode, smart = "pak", False
+
         def grants(self, now):
             from meter.licensing.keytable import Grants
             from meter.licensing.model import License
