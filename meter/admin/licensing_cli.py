@@ -386,6 +386,9 @@ def cmd_mode(args, node: NodeLicensing) -> int:
             print("license mode: SMART already")
             return 0
         license_mode.switch_to_smart(node.license_mode, node.product)  # L4 before asking anything
+        refused = _cluster_refusal(args)
+        if refused:
+            return _fail(refused)
         if not args.yes:
             print(SMART_WARNING + "Type 'yes' to switch to Smart Licensing: ", end="", flush=True)
             if sys.stdin.readline().strip().lower() != "yes":
@@ -396,6 +399,21 @@ def cmd_mode(args, node: NodeLicensing) -> int:
     print("license mode: SMART, in its 90-day evaluation period (S1); option keys no longer apply (L3). "
           "A running node follows within seconds. Register it: meter smart register <token>")
     return 0
+
+
+def _cluster_refusal(args) -> str:
+    """S1: Smart mode begins with its evaluation period, during which cluster configuration is
+    refused (X14.0.1, the seed): no switch on a node whose config pools with peers. Without a
+    config to read (``--state-dir`` alone) the node refuses at its next start instead."""
+    from meter.admin.cli_support import config_path, load_config
+
+    if config_path(args) is None:
+        return ""
+    if load_config(args).cluster.store != "redis":
+        return ""
+    return ("S1: cluster configuration is refused during Smart Licensing's evaluation period, which the "
+            "switch would start: take the node out of its cluster ([cluster] store = \"memory\"), switch, "
+            "register it (`meter smart register <token>`), then rejoin the cluster")
 
 
 # L2, L3: what the administrator must know before PAK -> Smart, as the guide's page says it.

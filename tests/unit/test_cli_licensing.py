@@ -212,3 +212,17 @@ def test_k4_a_non_canonical_key_is_refused_as_altered_by_optionkeyadd(state, cap
     rc, _, err = run(capsys, "xcommand", "optionkeyadd", text + "=" * (-len(text[5:]) % 4 or 4))
     assert rc == 1 and "refused: altered" in err
     assert run(capsys, "xcommand", "optionkeyadd", text)[0] == 0
+
+
+def test_s1_no_switch_to_smart_on_a_node_configured_for_a_cluster(state, capsys, tmp_path):
+    """S1: the switch starts the evaluation period, during which cluster configuration is refused."""
+    clustered = tmp_path / "clustered.toml"
+    clustered.write_text('[cluster]\nstore = "redis"\n')
+    rc, _, err = run(capsys, "mode", "smart", "--yes", "--config", str(clustered))
+    assert rc == 1 and err.startswith("meter: S1:"), err
+    with LicensingStore(state) as store:
+        assert store.license_mode == "pak"
+    standalone = tmp_path / "standalone.toml"
+    standalone.write_text('[cluster]\nstore = "memory"\n')
+    rc, out, err = run(capsys, "mode", "smart", "--yes", "--config", str(standalone))
+    assert rc == 0 and "SMART" in out, err
