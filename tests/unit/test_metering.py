@@ -177,6 +177,13 @@ def test_c5_declined_video_stream_leaves_one_negotiated_m_line():
     assert negotiated_m_lines(VIDEO, b"garbage") is None
 
 
+def test_c5_the_rule_counts_m_lines_so_a_lone_negotiated_video_stream_is_one_line():
+    """C5 is Expressway's count: one negotiated m= line makes the audio-only class, whatever its
+    media type (docs/licensing-rules.md, C5 resolution). A video-only answer to audio+video is one."""
+    audio_refused = VIDEO.replace(b"m=audio 4000", b"m=audio 0")
+    assert negotiated_m_lines(VIDEO, audio_refused) == 1
+
+
 def test_c5_phone_call_with_an_extra_m_line_takes_a_video_license():
     m, policy, _ = make_metering()
     invite(policy, "c1", "sip:+1@itsp.example")
