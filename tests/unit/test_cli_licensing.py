@@ -226,3 +226,20 @@ def test_s1_no_switch_to_smart_on_a_node_configured_for_a_cluster(state, capsys,
     standalone.write_text('[cluster]\nstore = "memory"\n')
     rc, out, err = run(capsys, "mode", "smart", "--yes", "--config", str(standalone))
     assert rc == 0 and "SMART" in out, err
+
+
+
+def test_a_listing_read_by_a_reader_that_leaves_early_ends_quietly():
+    """`meter explain | head -1`: a reader that closed its end is no error (no traceback, exit 0)."""
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the command writes anything
+    try:
+        done = subprocess.run([sys.executable, "-m", "meter", "explain"], stdout=write_end,
+                              stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write_end)
+    assert done.returncode == 0 and done.stderr == "", (done.returncode, done.stderr)
