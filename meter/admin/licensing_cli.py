@@ -38,6 +38,7 @@ from meter.store.licensing import (
     DB_NAME, INIT_HINT, LicensingStore, StoreError, check_initialised, create_issuer, load_issuer, load_public,
 )
 from meter.store.node_licensing import NodeLicensing
+from meter.timestamps import iso_timestamp
 from meter.admin.cli_support import (
     ALARM_COLUMNS, CliError, alarm_row, ask, load_config, print_json, print_options, print_table, target_parent,
 )
@@ -149,12 +150,9 @@ def parse_expiry(text: str, now: float) -> float | None:
     if period:
         return now + int(period[1]) * (86400 if period[2] == "d" else 3600)
     try:
-        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return iso_timestamp(text)
     except ValueError:
         raise ValueError(f"--expires: expected none, 30d, 12h or an ISO date, got {text!r}") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
-    return when.timestamp()
 
 
 # ---- keys ---------------------------------------------------------------------------------

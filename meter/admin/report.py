@@ -32,6 +32,7 @@ import sys
 import time
 
 from meter.store.usage_history import DAY, HOUR, MINUTE, UsageHistory
+from meter.timestamps import iso_timestamp
 
 LICENSES = ("rms", "room", "desktop", "cmr")
 TITLES = {"rms": "RMS", "room": "room", "desktop": "desktop", "cmr": "CMR"}
@@ -248,12 +249,9 @@ def parse_when(text: str) -> float:
     except ValueError:
         pass
     try:
-        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return iso_timestamp(text)
     except ValueError:
         raise ValueError(f"expected YYYY-MM-DD[THH:MM[:SS]] or epoch seconds, got {text!r}") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
-    return when.timestamp()
 
 
 def cmd_report(args) -> int:

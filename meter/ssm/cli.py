@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
 import json
 import os
 import secrets
@@ -30,6 +29,7 @@ from meter.ssm.ca import CAError, CertificateAuthority
 from meter.ssm.errors import AdminError
 from meter.ssm.settings import SettingsError, SsmSettings, default_text, load
 from meter.ssm.state import TAGS, State
+from meter.timestamps import iso_timestamp
 
 CONFIG_NAME = "ssm.toml"
 SHORT_TAGS = {"rms": "EXPWY_RMS", "room": "EXPWY_ROOM", "desktop": "EXPWY_DESKTOP", "cmr": "EXPWY_CMR"}
@@ -192,12 +192,9 @@ def _end_at(text: str | None) -> float | None:
     if text is None:
         return None
     try:
-        when = datetime.datetime.fromisoformat(text)
+        return iso_timestamp(text)
     except ValueError:
         raise AdminError(f"--end: expected YYYY-MM-DD or an ISO date-time, got {text!r}") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=datetime.timezone.utc)
-    return when.timestamp()
 
 
 def _cmd_pool_set(args) -> int:
