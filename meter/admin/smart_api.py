@@ -74,10 +74,9 @@ async def _run(coro) -> dict:
 
 
 async def _page(request: web.Request) -> web.Response:
-    from importlib import resources
+    from meter.admin.api import page_response  # api lists this module among its extensions
 
-    body = (resources.files("meter.admin") / "pages" / "smart.html").read_bytes()
-    return web.Response(body=body, content_type="text/html", charset="utf-8")
+    return page_response("smart.html")
 
 
 _ERROR = {"description": "Refused", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
