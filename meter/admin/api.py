@@ -13,13 +13,13 @@ import binascii
 import dataclasses
 import hmac
 import logging
-from importlib import resources
 from urllib.parse import parse_qs
 
 from aiohttp import web
 
 from meter import __version__
 from meter.admin import metrics, openapi, rules, smart_api
+from meter.admin.page_frame import page_asset, page_html, page_response
 from meter.admin.http import ACCESS, Access, ApiError, application, error_response, json_response, read_json
 from meter.admin.paging import CursorError, matching, page, parse_cursor
 from meter.licensing.model import POOLED, UNIT_SCALE
@@ -400,32 +400,6 @@ async def _healthz(request: web.Request) -> web.Response:
     return web.Response(text="ok\n", content_type="text/plain")
 
 
-# Every page's head and frame; a file in pages/ holds its <title> line, then its own content.
-PAGE_HEAD = """<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-{title}<link rel="icon" href="data:,">
-<link rel="stylesheet" href="/pages/meter.css">
-<script src="/pages/meter.js"></script>
-</head>
-<body>
-<main>
-<div id="banner" class="banner" hidden></div>
-"""
-PAGE_FOOT = "</body>\n</html>\n"
-
-
-def page_html(name: str) -> bytes:
-    """The page ``name`` (a file in pages/) in the shared frame."""
-    title, _, content = _asset_bytes(name).decode().partition("\n")
-    return (PAGE_HEAD.format(title=title + "\n") + content + PAGE_FOOT).encode()
-
-
-def page_response(name: str) -> web.Response:
-    return web.Response(body=page_html(name), content_type="text/html", charset="utf-8")
-
-
 def _page(name: str):
     async def serve(request: web.Request) -> web.Response:
         return page_response(name)
@@ -438,11 +412,8 @@ async def _asset(request: web.Request) -> web.Response:
     if "/" in name or name.startswith(".") or suffix not in ASSET_TYPES | {".html": "text/html"}:
         raise ApiError(404, f"no such page file: {name}")
     try:
-        body = page_html(name) if suffix == ".html" else _asset_bytes(name)
+        body = page_html(name) if suffix == ".html" else page_asset(name)
     except (FileNotFoundError, IsADirectoryError):
         raise ApiError(404, f"no such page file: {name}") from None
     return web.Response(body=body, content_type=(ASSET_TYPES | {".html": "text/html"})[suffix], charset="utf-8")
 
-
-def _asset_bytes(name: str) -> bytes:
-    return (resources.files("meter.admin") / "pages" / name).read_bytes()

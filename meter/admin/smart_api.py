@@ -13,6 +13,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from meter.admin.http import ApiError, json_response, read_json
+from meter.admin.page_frame import page_response
 from meter.licensing.smart import SmartRefused
 
 
@@ -74,8 +75,6 @@ async def _run(coro) -> dict:
 
 
 async def _page(request: web.Request) -> web.Response:
-    from meter.admin.api import page_response  # api lists this module among its extensions
-
     return page_response("smart.html")
 
 
