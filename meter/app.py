@@ -33,6 +33,7 @@ class Node:
         self.state = None  # bindings and calls written behind, restored at start (meter.store.sip_state)
         self.smart = None  # meter.smart.agent.SmartAgent
         self.h323_state = None  # the same for RAS registrations and calls (meter.store.h323_state)
+        self.workers = None  # SIP workers 1..N-1 when [sip] workers > 1 (meter.workers.pool)
         self._ticker: asyncio.Task | None = None
         self.started_at = time.time()
 
@@ -58,11 +59,20 @@ class Node:
             await self.pool_sync.start()
         self.latency = LatencyHistogram()
         latency = self.latency
-        self.sip = SipNode(self.config.sip, SipMetering(self.metering, inline=self.config.sip.mode == "inline"),
+        hooks = SipMetering(self.metering, inline=self.config.sip.mode == "inline")
+        if self.config.sip.worker_count > 1:  # this process is worker 0 and the others' one ledger
+            from meter.workers.pool import WorkerPool
+
+            self.workers = WorkerPool(self.config, hooks, self.config.sip.worker_count)
+            hooks = self.workers.wrap(hooks)
+        self.sip = SipNode(self.config.sip, hooks,
                            wrap_receiver=lambda core: TimedReceiver(core, latency), tls=self.config.tls,
                            admission=build_admission(self.config), limits=self.config.limits)
         await self.sip.start()
         self._restore_state()
+        if self.workers is not None:  # after the restore: each worker starts knowing every binding
+            self.sip.remote = self.workers
+            await self.workers.start(self.sip.core, self.sip.port)
         if self.config.h323.enabled:
             from meter.h323.node import RasNode
             from meter.metering.h323 import RasMetering
@@ -126,6 +136,8 @@ class Node:
             self.h323_state.close()
         if self.metering:  # likewise the usage history's current minute and the peaks
             self.metering.flush_usage(self.metering.clock())
+        if self.workers:  # their calls end through this process's ledger as they stop
+            await self.workers.close()
         if self.sip:
             await self.sip.close()  # ends every call and binding: releases all charges (principle 4)
         if self.ras:  # no URQ when the registrations are kept for the next start: a restart is invisible

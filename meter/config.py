@@ -191,6 +191,9 @@ def parse(text: str, source: str = "<string>") -> Config:
             sections[name] = build(hint, raw.get(name, {}), source=source, where=name)
     if sections["sip"].upstream_transport == "tls" and not sections["tls"].enabled:
         raise ConfigError(f'{source}: [sip] upstream_transport: "tls" needs [tls] enabled (its certificate and ca)')
+    if sections["sip"].worker_count > 1 and sections["tls"].enabled:
+        raise ConfigError(f"{source}: [sip] workers: {sections['sip'].worker_count} workers serve UDP only: "
+                          "leave [tls] off (or workers = 1)")
     return Config(sections=sections, source=source)
 
 

@@ -142,6 +142,11 @@ class NodeCollector:
         if sip is None:
             return
         stats = sip.counters
+        workers = getattr(self.node, "workers", None)
+        if workers is not None:  # one /metrics for the node: every worker's counts added up
+            from meter.workers.stats import summed_counters
+
+            stats = summed_counters(stats, workers.snapshots())
         requests = CounterMetricFamily("meter_sip_requests", "SIP requests by direction and method (retransmissions included).", labels=["direction", "method"])
         for direction, counter in (("in", stats.requests_received), ("out", stats.requests_sent)):
             for method, count in sorted(counter.items()):
@@ -198,8 +203,14 @@ class NodeCollector:
 
     def _latency_families(self):
         # One family, one sample set per protocol the node times (RAS only when h323 is enabled).
+        sip_latency = self.node.latency
+        workers = getattr(self.node, "workers", None)
+        if workers is not None:
+            from meter.workers.stats import summed_latency
+
+            sip_latency = summed_latency(sip_latency, workers.snapshots())
         timed = [(protocol, histogram) for protocol, histogram in
-                 (("sip", self.node.latency), ("h323", getattr(self.node, "latency_ras", None)))
+                 (("sip", sip_latency), ("h323", getattr(self.node, "latency_ras", None)))
                  if histogram is not None]
         if not timed:
             return

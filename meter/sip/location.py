@@ -275,6 +275,15 @@ class LocationService:
         step 7 compares the stored Call-ID and CSeq)."""
         self._put(b)
 
+    def replace(self, aor: str, bindings: list[Binding]) -> None:
+        """``aor``'s bindings as another worker of this node now has them (meter.workers): the
+        whole set, so a contact it removed goes here too."""
+        keep = {b.key for b in bindings}
+        for key in [k for k in self._aors.get(aor, {}) if k not in keep]:
+            self._drop(aor, key)
+        for b in bindings:
+            self._put(b)
+
     # -- internals -------------------------------------------------------------------------------
 
     def _put(self, b: Binding) -> None:

@@ -53,6 +53,8 @@ class SipNode:
         self._transports: Transports | None = None
         self.port = 0
         self.tls_port = 0
+        self.own_port = 0  # with several workers: this one's port, in its Via and Record-Route
+        self.remote = None  # worker 0 of several: the other workers' views (meter.workers.pool)
 
     async def start(self) -> None:
         s = self.settings
@@ -72,7 +74,10 @@ class SipNode:
                                 tcp_read_timeout=s.tcp_read_timeout,
                                 tls_client=client_context(tls) if tls else None,
                                 tls_handshake_timeout=self.tls.handshake_timeout)
-        self.port = await transports.start(s.host, s.port, udp=s.udp, tcp=s.tcp)
+        if s.worker_count > 1:  # meter.workers: the shared port and this worker's own
+            self.port, self.own_port = await transports.start_worker(s.host, s.port)
+        else:
+            self.port = await transports.start(s.host, s.port, udp=s.udp, tcp=s.tcp)
         self._transports = transports
         if tls is not None:
             try:
@@ -82,8 +87,10 @@ class SipNode:
                 raise
         unspecified = ipaddress.ip_address(s.host).is_unspecified
         adv_host = s.advertised_host or (primary_address() if unspecified else s.host)
-        advertised = Advertised(adv_host, s.advertised_port or self.port, self.tls_port)
+        advertised = Advertised(adv_host, s.advertised_port or self.own_port or self.port, self.tls_port)
         local_names = [f"{adv_host}:{self.port}"]
+        if self.own_port:
+            local_names.append(f"{adv_host}:{self.own_port}")
         if self.tls_port:
             local_names.append(f"{adv_host}:{self.tls_port}")
         if unspecified:
@@ -106,7 +113,7 @@ class SipNode:
                             admission=self.admission, limits=self.limits)
         transports.receiver = self._wrap_receiver(self.core) if self._wrap_receiver else self.core
         self.core.start()
-        log_event(log, "sip.started", host=s.host, port=self.port, mode=s.mode, advertised=advertised.hostport,
+        log_event(log, "sip.started", host=s.host, port=self.port, own_port=self.own_port, mode=s.mode, advertised=advertised.hostport,
                   upstream=str(upstream) if upstream else "", udp=s.udp, tcp=s.tcp, tls_port=self.tls_port,
                   max_connections=budget.connections)
 
@@ -130,7 +137,8 @@ class SipNode:
         return self.core.registrar.views() if self.core else []
 
     def calls(self) -> list[dict]:
-        return self.core.calls.views() if self.core else []
+        own = self.core.calls.views() if self.core else []
+        return own + self.remote.calls() if self.remote is not None else own
 
     dialogs = calls
 

@@ -41,6 +41,9 @@ class Registrar:
         self._forward_upstream = forward_upstream  # (txn, req, outcome)
         self.admission = admission  # meter.sip.auth.admission.Admission, or None
         self.limits = limits  # meter.sip.limits.SourceLimiter (registrations per source), or None
+        # A worker's replica of the node's bindings (meter.workers): they expire and end in the
+        # owner, which releases them once and tells every worker; here they are only dropped.
+        self.replica = False
 
     def on_register(self, txn: ServerTransaction, req: Request, source: Peer) -> None:
         if req.to.uri.scheme not in ("sip", "sips"):
@@ -103,12 +106,18 @@ class Registrar:
                           self.clock.wall())
 
     def expire(self, now: float) -> None:
+        if self.replica:
+            self.location.expire(now)
+            return
         for change in self.location.expire(now):
             log_event(log, "sip.binding.expired", aor=change.aor, left=len(change.bindings))
             self.bindings_changed(change)
 
     def close(self) -> None:
         """Node shutdown: every binding ends through the hooks."""
+        if self.replica:
+            self.location.clear()
+            return
         for change in self.location.clear():
             self.bindings_changed(change)
 

@@ -7,6 +7,7 @@ field is a plain type with a docstring; ``__post_init__`` checks what types alon
 from __future__ import annotations
 
 import ipaddress
+import os
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -111,6 +112,12 @@ class SipSettings:
     descriptor limit the same way, less what its listeners and checks need."""
     user_agent: str = "meter"
     """Server header in responses the node answers itself."""
+    workers: int = 1
+    """SIP worker processes sharing `port` (SO_REUSEPORT; the kernel spreads sources over them).
+    1 = one process, as before. N > 1: the node's process keeps the licensing, state, admin and H.323
+    and is worker 0; N-1 more processes run their own SIP core and ask it (meter.workers). Each
+    worker names its own port in Via, Record-Route and Path, so answers and in-dialog requests
+    come back to it. UDP only: with N > 1 set `tcp = false` and leave `[tls]` off. 0 = one per CPU core."""
 
     def __post_init__(self) -> None:
         try:
@@ -145,8 +152,20 @@ class SipSettings:
             raise ValueError(f"t2 ({self.t2}) must not be shorter than t1 ({self.t1})")
         if self.tcp_max_connections < 1 or self.tcp_max_connections_per_address < 1 or self.fd_reserve < 0:
             raise ValueError("tcp_max_connections and tcp_max_connections_per_address must be >= 1, fd_reserve >= 0")
+        if not 0 <= self.workers <= 64:
+            raise ValueError(f"workers: expected 0 (one per core) or 1..64, got {self.workers}")
+        if self.worker_count > 1 and self.tcp:
+            raise ValueError(f"workers: {self.worker_count} workers serve UDP only: set tcp = false (or workers = 1)")
+        if self.worker_count > 1 and self.advertised_port:
+            raise ValueError("workers: each worker names its own port in Via and Record-Route: "
+                             "advertised_port needs workers = 1")
         if self.max_message_bytes < 1024 or self.max_headers < 16:
             raise ValueError("max_message_bytes must be >= 1024 and max_headers >= 16")
+
+    @property
+    def worker_count(self) -> int:
+        """`workers`, with 0 resolved to the machine's CPU count."""
+        return self.workers or (os.cpu_count() or 1)
 
     @property
     def upstream_hostport(self) -> tuple[str, int]:

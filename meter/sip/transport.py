@@ -182,6 +182,10 @@ class Transports:
         self.receiver: Receiver | None = None
         self.ids = itertools.count(1)
         self.udp: asyncio.DatagramTransport | None = None
+        # With several workers (meter.workers): the port all of them share (SO_REUSEPORT), which
+        # receives initial requests and sends the answers to them; ``udp`` is then this worker's
+        # own port, named in its Via and Record-Route, from which it sends its requests.
+        self.shared_udp: asyncio.DatagramTransport | None = None
         self.tcp_server: asyncio.AbstractServer | None = None
         self.by_id: dict[int, TcpConnection] = {}
         self.by_addr: dict[ConnectionKey, TcpConnection] = {}
@@ -235,6 +239,28 @@ class Transports:
             self._schedule_sweep()
             return bound
         raise OSError("could not bind UDP and TCP on one free port")  # pragma: no cover
+
+    async def start_worker(self, host: str, shared_port: int) -> tuple[int, int]:
+        """UDP for one of several workers: join the group on ``shared_port`` (0: a free one, which
+        the other workers then join) and bind this worker's own port. Returns (shared, own)."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            # Linux hashes each datagram's 4-tuple to one socket of the group: a source stays
+            # with one worker for as long as the group is unchanged.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind((host, shared_port))
+        except OSError:
+            sock.close()
+            raise
+        self.shared_udp, _ = await self.loop.create_datagram_endpoint(lambda: UdpEndpoint(self), sock=sock)
+        enlarge_receive_buffer(self.shared_udp)
+        try:
+            own = await self.start(host, 0, udp=True, tcp=False)
+        except OSError:
+            self.shared_udp.close()
+            self.shared_udp = None
+            raise
+        return sock.getsockname()[1], own
 
     async def start_tls(self, host: str, port: int, context: ssl.SSLContext) -> int:
         """The TLS listener (RFC 3261 §26.2.1). The node accepts itself, so that the caps count a
@@ -323,6 +349,9 @@ class Transports:
         if self.udp is not None:
             self.udp.close()
             self.udp = None
+        if self.shared_udp is not None:
+            self.shared_udp.close()
+            self.shared_udp = None
         if self.tcp_server is not None:
             await self.tcp_server.wait_closed()
             self.tcp_server = None
@@ -337,6 +366,11 @@ class Transports:
         if peer.transport == "udp":
             if self.udp is None:
                 self.send_error()
+                return
+            if self.shared_udp is not None and data[:4] == b"SIP/":
+                # An answer leaves by the port its request arrived at (RFC 3581 §4, NAT bindings);
+                # a worker's own requests leave by its own port, where their answers come back.
+                self.shared_udp.sendto(data, (peer.host, peer.port))
                 return
             self.udp.sendto(data, (peer.host, peer.port))
             return

@@ -1,0 +1,59 @@
+"""Frames between the owner and a worker: a 4-byte length, then a pickled tuple.
+
+Pickle is safe here: the socket pair is created by the owner and inherited by the worker it starts,
+so nothing else can write to it (no listening address, no file on disk).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import pickle
+import socket
+import struct
+from collections.abc import AsyncIterator
+from typing import Any
+
+_LENGTH = struct.Struct("!I")
+# A frame carries one message's facts or one AOR's bindings (at most 32, meter.sip.location);
+# the config frame is the largest. Anything beyond this is a bug, not data.
+MAX_FRAME_BYTES = 16 * 1024 * 1024
+
+
+def frame(message: tuple) -> bytes:
+    body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return _LENGTH.pack(len(body)) + body
+
+
+async def frames(reader: asyncio.StreamReader) -> AsyncIterator[tuple]:
+    """Each message until the other side closes (then the iteration ends)."""
+    while True:
+        try:
+            head = await reader.readexactly(_LENGTH.size)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+        (size,) = _LENGTH.unpack(head)
+        if size > MAX_FRAME_BYTES:
+            raise ValueError(f"worker link: a frame of {size} bytes")
+        try:
+            body = await reader.readexactly(size)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+        yield pickle.loads(body)
+
+
+def read_frame_blocking(sock: socket.socket) -> Any:
+    """The first frame, before the worker's event loop runs (its configuration)."""
+    head = _recv_exactly(sock, _LENGTH.size)
+    (size,) = _LENGTH.unpack(head)
+    return pickle.loads(_recv_exactly(sock, size))
+
+
+def _recv_exactly(sock: socket.socket, size: int) -> bytes:
+    chunks, left = [], size
+    while left:
+        chunk = sock.recv(left)
+        if not chunk:
+            raise EOFError("the owner closed the worker link")
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)

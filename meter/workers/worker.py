@@ -1,0 +1,118 @@
+"""One SIP worker process: ``python -m meter.workers.worker <fd>``, started by the owner
+(``meter.workers.pool``) with its end of a socket pair. Not a command for operators."""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import dataclasses
+import logging
+import signal
+import socket
+import sys
+
+from meter import logs
+from meter.logs import log_event
+from meter.workers.link import frame, frames, read_frame_blocking
+
+log = logging.getLogger("meter.workers")
+STATS_INTERVAL_SECONDS = 1.0  # the owner's /metrics is at most this far behind a worker's counts
+_PR_SET_PDEATHSIG = 1
+
+
+def main(argv: list[str]) -> int:
+    sock = socket.socket(fileno=int(argv[0]))
+    _die_with_owner()
+    kind, sections, source, index, shared_port = read_frame_blocking(sock)
+    from meter.config import Config
+
+    sections = dict(sections)
+    sections["sip"] = dataclasses.replace(sections["sip"], port=shared_port)  # the port 0 resolved
+    config = Config(sections=sections, source=source)
+    logs.configure(config.log.level, config.log.json)
+    try:
+        import uvloop
+    except ImportError:
+        runner = asyncio.run
+    else:
+        runner = uvloop.run
+    try:
+        runner(serve(config, index, sock))
+    except OSError as exc:
+        log_event(log, "workers.cannot_start", logging.ERROR, worker=index, error=str(exc))
+        return 1
+    return 0
+
+
+def _die_with_owner() -> None:
+    """Linux: SIGTERM when the owner dies, even by kill -9 (its dialogs cannot outlive its ledger)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass  # not Linux: the closed link stops the worker instead
+
+
+async def serve(config, index: int, sock: socket.socket) -> None:
+    from meter.admin.latency import LatencyHistogram, TimedReceiver
+    from meter.app import build_admission
+    from meter.sip.node import SipNode
+    from meter.workers.remote import RemoteHooks
+    from meter.zones import ZoneTable
+
+    loop = asyncio.get_running_loop()
+    reader, writer = await asyncio.open_connection(sock=sock)
+
+    def send(message: tuple) -> None:
+        if not writer.is_closing():  # the owner gone: outcomes have no one to tell
+            writer.write(frame(message))
+
+    hooks = RemoteHooks(send, ZoneTable(config.zones), inline=config.sip.mode == "inline")
+    latency = LatencyHistogram()
+    sip = SipNode(config.sip, hooks, wrap_receiver=lambda core: TimedReceiver(core, latency),
+                  admission=build_admission(config), limits=config.limits)
+    await sip.start()
+    core = sip.core
+    hooks.location = core.location
+    core.registrar.replica = True  # bindings expire in the owner, which tells every worker
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    send(("hello", sip.own_port))
+    log_event(log, "workers.worker_started", worker=index, port=sip.port, own_port=sip.own_port)
+
+    async def report() -> None:
+        while True:
+            await asyncio.sleep(STATS_INTERVAL_SECONDS)
+            send(("stats", sip.counters.snapshot(), list(latency.counts), latency.sum, sip.calls()))
+
+    async def listen() -> None:
+        async for message in frames(reader):
+            kind = message[0]
+            if kind == "verdict":
+                hooks.answered(message[1], message[2])
+            elif kind == "replica":
+                core.location.replace(message[1], message[2])
+            elif kind == "siblings":
+                hooks.siblings = message[1]
+            elif kind == "stop":
+                break
+        stop.set()
+
+    tasks = [loop.create_task(report()), loop.create_task(listen())]
+    await stop.wait()
+    await sip.close()  # its calls end through the owner ("node shutdown"); bindings stay the owner's
+    for task in tasks:
+        task.cancel()
+    hooks.owner_gone()
+    send(("stats", sip.counters.snapshot(), list(latency.counts), latency.sum, []))
+    try:
+        await writer.drain()
+        writer.close()
+    except ConnectionError:
+        pass
+    log_event(log, "workers.worker_stopped", worker=index)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

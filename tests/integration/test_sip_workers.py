@@ -1,0 +1,172 @@
+"""Two SIP workers on one port (`[sip] workers = 2`, issue 11 "both cores"), real node process.
+
+30 endpoints, each on its own UDP port, so the kernel spreads them over both workers (SO_REUSEPORT
+hashes the 4-tuple; all 30 on one worker has odds of 2^-29). Then, through the node's admin API and
+/metrics:
+- every registration is charged once (R9), whichever worker took it, and listed once;
+- each endpoint calls another registered endpoint's alias: the INVITE reaches the worker of the
+  caller, the alias may have registered through the other one, and every call is put through;
+- calls to a third-party SIP trunk take one RMS each (C2, C3) in the one ledger and give it back
+  at BYE, also when the callee side hangs up by the shared port (the BYE follows its Route to the
+  worker holding the dialog);
+- the Record-Route of the answers names both workers' own ports (the calls were spread);
+- /metrics adds both workers' counters (30 REGISTERs in, whichever worker counted them);
+- a worker killed with SIGKILL mid-call: its calls' RMS come back at once (no count stays
+  charged for a dialog that died), it is started again, every registration is still there and a
+  refresh through it changes nothing;
+- the node stops cleanly and leaves no worker process behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+
+import pytest
+
+from tests.integration.peers import MeterProcess, wait_until
+from meter.codecs.sip import new_tag
+from tests.integration.test_metering_calls import ROOM, Callee, call, hang_up
+from tests.integration.test_metering_prometheus import register
+from tests.sipclient import SDP_ANSWER, SDP_OFFER, SipUA
+
+pytestmark = pytest.mark.integration
+
+ENDPOINTS = 30
+TRUNK_CALLS = 6
+
+
+def in_use(node: MeterProcess) -> dict[str, float]:
+    licenses = node.api("licenses")["licenses"]
+    return {name: licenses[name]["in_use"] for name in ("room", "desktop", "rms")}
+
+
+def worker_pids(node: MeterProcess) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(node.proc.pid)], capture_output=True, text=True).stdout
+    return sorted(int(pid) for pid in out.split())
+
+
+def metric(text: str, line_start: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(line_start):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no {line_start} in /metrics")
+
+
+class Answering:
+    """A registered endpoint that answers each INVITE 200 and keeps its side of the dialog, so it
+    can hang up itself; BYEs from the other side get 200."""
+
+    def __init__(self, ua: SipUA):
+        self.ua = ua
+        self.dialogs = {}  # Call-ID -> the callee side's dialog (RFC 3261 §12.1.1)
+        loop = asyncio.get_running_loop()
+        self.tasks = [loop.create_task(self._invites()), loop.create_task(self._byes())]
+
+    async def _invites(self):
+        while True:
+            req = await self.ua.expect(method="INVITE", timeout=3600)
+            tag = new_tag()
+            self.ua.reply(req, 200, to_tag=tag, body=SDP_ANSWER, content_type="application/sdp", contact=True)
+            self.dialogs[req.call_id] = self.ua.dialog_from_request(req, tag)
+
+    async def _byes(self):
+        while True:
+            req = await self.ua.expect(method="BYE", timeout=3600)
+            self.ua.reply(req, 200, record_route=False)
+
+    async def hang_up(self, call_id: str) -> None:
+        """The callee hangs up, sending to the node's shared port like a UA with an outbound proxy:
+        the BYE may reach the other worker, which follows its Route to the one holding the dialog."""
+        bye = self.ua.in_dialog(self.dialogs.pop(call_id), "BYE")
+        self.ua.send(bye)
+        final = await self.ua.final("BYE", call_id=call_id, timeout=10)
+        assert final.status == 200, final
+
+    def close(self):
+        for task in self.tasks:
+            task.cancel()
+
+
+def test_two_workers_share_one_ledger_and_one_location(tmp_path):
+    async def scenario():
+        far = await SipUA.open("itsp", ("127.0.0.1", 9), domain="far.example")
+        node = MeterProcess(tmp_path / "node", sip={"workers": 2, "tcp": False},
+                            licensing={"enforcement": "enforce"}, zones=[
+                                {"name": "itsp", "kind": "third_party_sip", "match": ["domain:itsp.example"],
+                                 "target": f"127.0.0.1:{far.port}"}])
+        node.install_keys({"ROOM": ENDPOINTS + 5, "RMS": 10})
+        node.start()
+        trunk = Callee(far, SDP_ANSWER)
+        proxy = ("127.0.0.1", node.sip_port)
+        endpoints = [await SipUA.open(f"ep{i:02d}", proxy, domain="lab.test") for i in range(ENDPOINTS)]
+        answering = []
+        try:
+            assert len(worker_pids(node)) == 1, "one worker process beside the node's own"
+            for ua in endpoints:
+                assert (await register(ua, ROOM, expires=600)).status == 200
+            # R9: one room license per alias, whichever worker took the REGISTER; listed once each.
+            assert in_use(node) == {"room": ENDPOINTS, "desktop": 0, "rms": 0}
+            aliases = sorted(r["alias"] for r in node.api("registrations"))
+            assert aliases == sorted(ua.aor for ua in endpoints)
+
+            # Endpoint to endpoint: the caller's worker finds the callee's alias whichever worker took it.
+            answering = [Answering(ua) for ua in endpoints]
+            own_ports = set()
+            for i, ua in enumerate(endpoints):
+                callee = answering[(i + 7) % ENDPOINTS]
+                final, dialog = await call(ua, callee.ua.aor, SDP_OFFER)
+                assert final.status == 200, (ua.aor, callee.ua.aor, final)
+                own_ports.add(record_route_port(final))
+                if i % 2:
+                    await hang_up(ua, dialog)
+                else:
+                    await callee.hang_up(dialog.call_id)
+            wait_until(lambda: node.api("calls") == [], 5, "every call to end")
+            assert len(own_ports) == 2, f"calls were handled by one worker only: {own_ports}"
+            assert node.sip_port not in own_ports  # each worker names its own port, not the shared one
+
+            # C2, C3: a trunk call takes one RMS in the one ledger, whichever worker set it up.
+            dialogs = []
+            for ua in endpoints[:TRUNK_CALLS]:
+                final, dialog = await call(ua, f"sip:+4930{len(dialogs):04d}@itsp.example", SDP_OFFER)
+                assert final.status == 200, final
+                dialogs.append((ua, dialog, record_route_port(final)))
+            wait_until(lambda: in_use(node)["rms"] == TRUNK_CALLS, 5, "every trunk call to be charged")
+            ua, dialog, _ = dialogs.pop()
+            await hang_up(ua, dialog)
+            wait_until(lambda: in_use(node)["rms"] == TRUNK_CALLS - 1, 5, "the BYE to release its RMS")
+
+            # One /metrics: both workers' REGISTERs counted (a worker reports within a second).
+            wait_until(lambda: metric(node.metrics_text(), 'meter_sip_requests_total{direction="in",method="REGISTER"}')
+                       == ENDPOINTS, 5, "the REGISTER count summed over the workers")
+
+            # A worker killed mid-call: the calls it held give their RMS back, it comes back.
+            [pid] = worker_pids(node)
+            killed_port = first_worker_port(node)
+            surviving = [d for d in dialogs if d[2] != killed_port]
+            assert len(surviving) < len(dialogs), "no trunk call went through worker 1 (odds 2^-5)"
+            os.kill(pid, signal.SIGKILL)
+            wait_until(lambda: in_use(node)["rms"] == len(surviving), 5, "the lost worker's calls to be released")
+            wait_until(lambda: "workers.restarted" in node.log_path.read_text(), 15, "the worker to be restarted")
+            assert len(node.api("calls")) == len(surviving)  # listed exactly as charged
+            assert in_use(node)["room"] == ENDPOINTS
+            for ua in endpoints:  # every refresh answered, nothing charged twice
+                assert (await register(ua, ROOM, expires=600)).status == 200
+            assert in_use(node)["room"] == ENDPOINTS
+            assert len(node.api("registrations")) == ENDPOINTS
+            new_pids = worker_pids(node)
+            assert len(new_pids) == 1 and new_pids != [pid]
+        finally:
+            for endpoint in answering:
+                endpoint.close()
+            trunk.close()
+            for ua in endpoints:
+                ua.close()
+            node.stop()
+        assert not any(os.path.exists(f"/proc/{pid}") for pid in new_pids), "a worker outlived the node"
+
+    asyncio.run(scenario())
