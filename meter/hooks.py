@@ -24,15 +24,20 @@ class HookCaller:
         self._counters = counters  # anything with an integer ``hook_errors`` attribute
         self._event = event        # log event name, e.g. "sip.hook_error"
 
-    def ask(self, hook: Callable[..., Any], info: Any, *, on_error: Answer, expect: type) -> Answer:
+    def ask(self, hook: Callable[..., Any], info: Any, *, on_error: Answer, expect: type,
+            later: type | None = None) -> Answer:
         """The hook's verdict; ``on_error`` when it raised; a non-verdict answer counts as allow,
-        which the caller expresses as ``expect``'s default instance."""
+        which the caller expresses as ``expect``'s default instance. An instance of ``later`` (a
+        verdict another process gives later, e.g. meter.sip.hooks.PendingVerdict) is returned as
+        is: the caller waits for it, and continues inline when the answer is a verdict already."""
         try:
             verdict = hook(info)
         except Exception:
             self._failed(hook)
             return on_error
-        return verdict if isinstance(verdict, expect) else expect()
+        if isinstance(verdict, expect):
+            return verdict
+        return verdict if later is not None and isinstance(verdict, later) else expect()
 
     def notify(self, hook: Callable[..., Any], *args: Any) -> None:
         try:

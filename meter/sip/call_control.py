@@ -20,7 +20,7 @@ from meter.logs import log_event
 from meter.sip.clock import Clock
 from meter.sip.counters import SipCounters
 from meter.sip.dialogs import ANSWERED, CONFIRMED, Call, DialogTable
-from meter.sip.hooks import HOOK_FAILED, CallInfo, SipHooks, Verdict
+from meter.sip.hooks import HOOK_FAILED, CallInfo, PendingVerdict, SipHooks, Verdict
 from meter.sip.outcome import Outcome
 from meter.sip.peer import Peer
 from meter.sip.router import Router
@@ -43,6 +43,26 @@ class Forwarding:
         self.edits = edits
 
 
+class PendingSetup:
+    """``start``'s answer when on_invite's verdict comes later (meter.sip.hooks): what the core keeps
+    until then, to call ``admit_later`` with."""
+
+    __slots__ = ("verdict", "txn", "req", "source", "plan", "info")
+
+    def __init__(self, verdict: PendingVerdict, txn: ServerTransaction, req: Request, source: Peer,
+                 plan: RequestPlan, info: CallInfo) -> None:
+        self.verdict, self.txn, self.req, self.source, self.plan, self.info = verdict, txn, req, source, plan, info
+
+
+class PendingLateAnswer:
+    """``late_answer``'s answer when the re-ask's verdict comes later: for ``late_decided``."""
+
+    __slots__ = ("verdict", "call", "resp", "source", "session")
+
+    def __init__(self, verdict: PendingVerdict, call: Call, resp: Response, source: Peer, session: Session) -> None:
+        self.verdict, self.call, self.resp, self.source, self.session = verdict, call, resp, source, session
+
+
 class CallControl:
     def __init__(self, settings: SipSettings, *, clock: Clock, dialogs: DialogTable, hooks: SipHooks,
                  guard: HookCaller, counters: SipCounters, router: Router, txns: TransactionLayer,
@@ -59,12 +79,15 @@ class CallControl:
         self.advertised = advertised
         self._reply = reply    # (txn, status, reason=None, headers=())
         self._refuse = refuse  # (txn, verdict)
+        self.closed = ""  # the shutdown cause once the core closed
+        self._late_pending: set[tuple] = set()  # buried calls whose late answer awaits its verdict
 
     # -- set-up ------------------------------------------------------------------------------------
 
     def start(self, txn: ServerTransaction, req: Request, source: Peer, callee_registered: bool,
-              from_upstream: bool) -> Forwarding | None:
-        """An initial INVITE: None when it was answered here (422, a refusal), else what to forward."""
+              from_upstream: bool) -> Forwarding | PendingSetup | None:
+        """An initial INVITE: None when it was answered here (422, a refusal), else what to forward,
+        or a :class:`PendingSetup` when the verdict comes later."""
         plan = self._session_plan(req)
         if plan.reject_min_se:  # RFC 4028 §6: 422 carries the node's Min-SE; nothing metered yet
             self._reply(txn, 422, headers=[("Min-SE", str(plan.reject_min_se))])
@@ -78,7 +101,15 @@ class CallControl:
         caller_registered = self.router.location.registered_over(from_aor, source, now)
         info = CallInfo(req.call_id, from_aor, req.to.uri.aor, req.uri, source, callee_registered,
                         from_upstream, req.body, req.user_agent or "", caller_registered)
-        verdict = self.guard.ask(self.hooks.on_invite, info, on_error=HOOK_FAILED, expect=Verdict)
+        verdict = self.guard.ask(self.hooks.on_invite, info, on_error=HOOK_FAILED, expect=Verdict,
+                                 later=PendingVerdict)
+        if isinstance(verdict, PendingVerdict):  # another process answers (meter.workers): the core waits
+            return PendingSetup(verdict, txn, req, source, plan, info)
+        return self._admit(txn, req, source, plan, info, verdict, now)
+
+    def _admit(self, txn: ServerTransaction, req: Request, source: Peer, plan: RequestPlan, info: CallInfo,
+               verdict: Verdict, now: float) -> Forwarding | None:
+        """The verdict is in: refused, the INVITE is answered; allowed, the call starts."""
         if not verdict.allowed:
             self._refuse(txn, verdict)
             return None
@@ -90,6 +121,19 @@ class CallControl:
         self.dialogs.add(call)
         log_event(log, "sip.call.started", call_id=req.call_id, caller=call.from_aor, callee=call.to_aor)
         return Forwarding(SetupOutcome(self, call, plan.offer, owner=True), plan.edits)
+
+    def admit_later(self, setup: PendingSetup, verdict: Verdict) -> Forwarding | None:
+        """``start``'s verdict came later (meter.sip.hooks): None when nothing is to be forwarded.
+        Cancelled meanwhile (the core answered 487) or the node closed: an allowed call is over
+        before it began, so its one ``on_call_ended`` comes now."""
+        txn = setup.txn
+        if self.closed or txn.final_sent:
+            if verdict.allowed:
+                cause = self.closed or "cancelled"
+                log_event(log, "sip.call.abandoned", logging.INFO, call_id=setup.info.call_id, cause=cause)
+                self.guard.notify(self.hooks.on_call_ended, setup.info.call_id, cause)
+            return None
+        return self._admit(txn, setup.req, setup.source, setup.plan, setup.info, verdict, self.clock.time())
 
     def _session_plan(self, req: Request) -> RequestPlan:
         """RFC 4028 §8.1 with the node's settings."""
@@ -231,6 +275,7 @@ class CallControl:
         self.dialogs.prune(now)
 
     def close(self, cause: str) -> None:
+        self.closed = cause
         for call in self.dialogs.clear():
             self._ended(call, cause)
 
@@ -255,7 +300,7 @@ class CallControl:
 
     # -- a 2xx after the node gave up ----------------------------------------------------------------
 
-    def late_answer(self, resp: Response, source: Peer) -> tuple[Call, str] | None:
+    def late_answer(self, resp: Response, source: Peer) -> tuple[Call, str] | PendingLateAnswer | None:
         """A 2xx for the initial INVITE of a call the node already ended unanswered (its 408 after
         Timer B, or its 487 after an unanswered CANCEL, crossed the callee's 200).
 
@@ -265,30 +310,51 @@ class CallControl:
         callee now, so it must be metered again: the hook is asked once more with the same
         CallInfo. Allowed, the call re-opens (one new allowed/ended pair). Refused, the node sends a
         BYE each way once the 2xx is on its way, so no session stays up unmetered; the refused call
-        is returned for that, with the Reason (RFC 3326) its BYEs carry."""
+        is returned for that, with the Reason (RFC 3326) its BYEs carry. A verdict to come is returned
+        as a :class:`PendingLateAnswer` for the core to pass to ``late_decided`` when it arrives."""
         call_id, tag = resp.call_id, resp.from_.tag
         if self.dialogs.find(call_id, tag) is not None:
             return None  # a live call (a retransmitted or a second forked 2xx): forwarded as ever
         call = self.dialogs.buried(call_id, tag)
-        if call is None or call.refused or resp.cseq.number != call.invite_cseq:
-            return None
+        if call is None or call.refused or resp.cseq.number != call.invite_cseq or call.key in self._late_pending:
+            return None  # (a retransmission while the re-ask's verdict is on its way: forwarded only)
         self.counters.late_answers += 1
         session, edits = plan_response(resp, call.offer)  # RFC 4028 §8.2, as for any 2xx
         for name, value in edits:
             resp.set_header(name, value)
-        verdict = self.guard.ask(self.hooks.on_invite, call.info, on_error=HOOK_FAILED, expect=Verdict)
+        verdict = self.guard.ask(self.hooks.on_invite, call.info, on_error=HOOK_FAILED, expect=Verdict,
+                                 later=PendingVerdict)
+        if isinstance(verdict, PendingVerdict):  # the core forwards the 2xx, then waits (late_decided)
+            self._late_pending.add(call.key)
+            return PendingLateAnswer(verdict, call, resp, source, session)
+        return self._late_verdict(call, resp, source, session, verdict)
+
+    def late_decided(self, late: PendingLateAnswer, verdict: Verdict) -> None:
+        """A late answer's verdict came later (meter.sip.hooks); its 2xx went on already."""
+        call = late.call
+        self._late_pending.discard(call.key)
+        if self.closed:  # nothing may be sent any more; an allowed call ends with the node
+            if verdict.allowed:
+                self.guard.notify(self.hooks.on_call_ended, call.call_id, self.closed)
+            return
+        refused = self._late_verdict(call, late.resp, late.source, late.session, verdict)
+        if refused is not None:
+            self.send_byes(*refused)
+
+    def _late_verdict(self, call: Call, resp: Response, source: Peer, session: Session,
+                      verdict: Verdict) -> tuple[Call, str] | None:
         now = self.clock.time()
         if not verdict.allowed:
             call.refused = True
             self._learn_dialog(call, resp, source, "")
-            log_event(log, "sip.call.late_answer_refused", logging.INFO, call_id=call_id, status=verdict.status)
+            log_event(log, "sip.call.late_answer_refused", logging.INFO, call_id=call.call_id, status=verdict.status)
             return call, f'SIP;cause={verdict.status};text="{_quoted(verdict.reason)}"'
         self.dialogs.reopen(call, now)
         self.dialogs.answered(call, resp.to.tag, resp.body, now)
         self._learn_dialog(call, resp, source, "")
         self._arm_session(call, session)
         self._await_ack(call)  # a late answer left "answered" is released like any other (§13.3.1.4)
-        log_event(log, "sip.call.reopened", call_id=call_id)
+        log_event(log, "sip.call.reopened", call_id=call.call_id)
         if call.offer_sdp:
             self.guard.notify(self.hooks.on_call_answered, call.call_id, call.offer_sdp, call.answer_sdp)
         return None

@@ -29,11 +29,11 @@ from meter.codecs.sip import (
 from meter.hooks import HookCaller
 from meter.logs import log_event
 from meter.sip.auth.admission import ADMITTED, Admission, AdmissionPolicy
-from meter.sip.call_control import CallControl
+from meter.sip.call_control import CallControl, PendingLateAnswer, PendingSetup
 from meter.sip.clock import Clock
 from meter.sip.counters import SipCounters, method_label
 from meter.sip.dialogs import DialogTable
-from meter.sip.hooks import NoMetering, SipHooks, Verdict
+from meter.sip.hooks import ALLOW, NoMetering, PendingVerdict, SipHooks, Verdict
 from meter.sip.limits import LIMITED, PASS, LimitSettings, SourceLimiter
 from meter.sip.location import LocationService
 from meter.sip.outcome import NO_OUTCOME, Outcome
@@ -130,7 +130,7 @@ class SipCore:
         self.source_limits = None if limits is None else SourceLimiter(limits, exempt=self.router.trusted_host)
         self.registrar = Registrar(self.location, hooks=self.hooks, guard=guard, clock=clock, upstream=upstream,
                                    reply=self._reply, refuse=self._refuse, forward_upstream=self._forward_upstream,
-                                   admission=self.admission, limits=self.source_limits)
+                                   later=self._await_verdict, admission=self.admission, limits=self.source_limits)
         self.calls = CallControl(settings, clock=clock, dialogs=self.dialogs, hooks=self.hooks, guard=guard,
                                  counters=self.counters, router=self.router, txns=self.txns, advertised=advertised,
                                  reply=self._reply, refuse=self._refuse, wheel=self.wheel)
@@ -344,8 +344,43 @@ class SipCore:
                                           self.router.from_upstream(source))
             if forwarding is None:
                 return
+            if forwarding.__class__ is PendingSetup:  # on_invite's verdict comes later
+                self._await_verdict(txn, forwarding.verdict, self._setup_decided, forwarding, located.targets)
+                return
             outcome, edits = forwarding.outcome, forwarding.edits
         self._forward(txn, req, located.targets, outcome, record_route=req.method in DIALOG_CREATING, edits=edits)
+
+    def _setup_decided(self, setup: PendingSetup, targets: list[Target], verdict: Verdict) -> None:
+        forwarding = self.calls.admit_later(setup, verdict)
+        if forwarding is not None:
+            self._forward(setup.txn, setup.req, targets, forwarding.outcome, record_route=True, edits=forwarding.edits)
+
+    # -- verdicts that come later (meter.sip.hooks.PendingVerdict) ------------------------------------
+
+    def _await_verdict(self, txn: ServerTransaction | None, pending: PendingVerdict, fn: Callable, *args) -> None:
+        """Carry on with ``fn(*args, verdict)`` once the verdict arrives. Meanwhile the server
+        transaction absorbs retransmissions; an INVITE gets its 100 Trying now (RFC 3261 §16.2:
+        the answer will take longer than 200 ms), which stops the caller's retransmissions."""
+        if txn is not None and txn.request.method == "INVITE" and not txn.last_status:
+            self._reply(txn, 100)
+        pending.add_done_callback(lambda verdict: self._resume(txn, fn, args, verdict))
+
+    def _resume(self, txn: ServerTransaction | None, fn: Callable, args: tuple, verdict) -> None:
+        """The verdict arrived, maybe from another process's reader: what ``_on_request`` does around
+        ``_process``, so nothing escapes into the loop and no transaction is left unanswered."""
+        if not isinstance(verdict, Verdict):
+            verdict = ALLOW  # a non-verdict answer counts as allow (meter.hooks.HookCaller.ask)
+        try:
+            fn(*args, verdict)
+        except SIPError as err:  # a header read lazily is malformed
+            self.counters.malformed_answered += 1
+            if txn is not None and not self._closed:
+                self._reply_once(txn, err.status if 300 <= err.status <= 699 else 400, err.reason)
+        except Exception:
+            self.counters.internal_errors += 1
+            log.exception("sip.internal_error", extra={"facts": {"where": getattr(fn, "__name__", "?")}})
+            if txn is not None and not self._closed:
+                self._reply_once(txn, 500, "Server Internal Error")
 
     def _in_dialog(self, txn: ServerTransaction, req: Request, hint: str | None, source: Peer) -> None:
         """RFC 3261 §16.12: in-dialog requests follow Route, then the Request-URI (the remote target)."""
@@ -374,7 +409,7 @@ class SipCore:
                  record_route: bool = False, edits: tuple = (), path: str = "") -> None:
         ctx = ProxyContext(txn, req.method, outcome)
         txn.context = ctx
-        if req.method == "INVITE":
+        if req.method == "INVITE" and not txn.last_status:  # (sent already while a verdict was pending)
             self._reply(txn, 100)  # RFC 3261 §16.2: a stateful proxy answers INVITE with 100 at once
         h = loop_hash(req)
         inbound = txn.peer.transport
@@ -411,8 +446,12 @@ class SipCore:
             resp.pop_via()
             refused = self.calls.late_answer(resp, source)
             self._send(resp.to_bytes(), via_peer(resp.top_via))
-            if refused is not None:
-                self.calls.send_byes(*refused)
+            if refused is None:
+                return
+            if refused.__class__ is PendingLateAnswer:  # the re-ask's verdict comes later
+                self._await_verdict(None, refused.verdict, self.calls.late_decided, refused)
+                return
+            self.calls.send_byes(*refused)
             return
         self.counters.stray_responses += 1
 
@@ -529,7 +568,13 @@ class SipCore:
             return
         self._reply(txn, 200)  # §9.2: the CANCEL itself succeeds
         ctx: ProxyContext | None = invite.context
-        if ctx is None or ctx.final_sent or ctx.cancelled:
+        if ctx is None:
+            # Not forwarded (its on_invite verdict is still to come): nothing downstream to cancel,
+            # so the node ends the INVITE itself (§9.2: 487); the verdict, when it comes, sees it answered.
+            if not invite.final_sent:
+                self._reply(invite, 487)
+            return
+        if ctx.final_sent or ctx.cancelled:
             return
         ctx.cancelled = True
         for client in ctx.branches:

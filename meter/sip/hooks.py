@@ -32,12 +32,31 @@ contract the node keeps:
 
 Hooks run on the event loop, inline with message handling: they must be quick and must not block.
 An exception in a hook is logged and counted; ``on_register``/``on_invite`` then answer 500.
+
+A verdict may come later: ``on_register`` and ``on_invite`` may return a :class:`PendingVerdict`
+that another process resolves (``meter.workers``: a worker's hooks are answered by the owner). The
+node then keeps the request's server transaction waiting (retransmissions absorbed, an INVITE
+answered 100 Trying at once, RFC 3261 §16.2) and carries on when the verdict arrives, with the
+same rules as for an immediate one; a resolved value that is not a :class:`Verdict` counts as
+allow. What may happen meanwhile, and what the node then guarantees:
+
+- the caller CANCELs the INVITE: the INVITE is answered 487 at once (RFC 3261 §9.2); if the
+  verdict later allows, ``on_call_ended(call_id, "cancelled")`` follows at once, so the pair closes.
+- the node shuts down: an allowed INVITE gets ``on_call_ended`` with the shutdown cause, an allowed
+  inline REGISTER ``on_register_failed(aor, call_id, "abandoned")``, an allowed standalone REGISTER
+  ``on_bindings`` with the alias's current (after shutdown: no) bindings. Nothing is sent.
+- a standalone REGISTER's bindings changed: the registrar's checks run again before the change is
+  applied; refused then, the REGISTER gets the registrar's answer and ``on_bindings`` the alias's
+  unchanged bindings, so the charge follows the bindings.
+- a late answer's re-ask (below): the 2xx is forwarded at once; the re-opened call or the BYEs
+  follow the verdict. Its retransmissions are forwarded without a third ask.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Callable, Protocol
 
 from meter.sip.peer import Peer
 
@@ -56,6 +75,36 @@ class Verdict:
         if not 300 <= status <= 699:
             raise ValueError(f"a refusal needs a final non-2xx status, got {status}")
         return cls(False, status, reason, warning)
+
+
+class PendingVerdict:
+    """A verdict another process gives later (meter.workers): on_register/on_invite may return one."""
+
+    __slots__ = ("verdict", "_callbacks")
+
+    def __init__(self) -> None:
+        self.verdict: Any = None  # None until resolved
+        self._callbacks: list[Callable[[Verdict], None]] | None = []  # None once resolved
+
+    def add_done_callback(self, fn: Callable[[Verdict], None]) -> None:
+        """``fn(verdict)`` when resolved; at once if it already is."""
+        if self._callbacks is None:
+            fn(self.verdict)
+        else:
+            self._callbacks.append(fn)
+
+    def resolve(self, verdict: Verdict) -> None:
+        """Run the callbacks once, in order; a second resolve is ignored. A callback that raises is
+        logged and the next one still runs: the resolver (a socket reader) must not fail for it."""
+        callbacks = self._callbacks
+        if callbacks is None:
+            return
+        self.verdict, self._callbacks = verdict, None
+        for fn in callbacks:
+            try:
+                fn(verdict)
+            except Exception:
+                logging.getLogger("meter.sip").exception("sip.verdict_callback_error")
 
 
 ALLOW = Verdict()

@@ -18,8 +18,8 @@ from meter.codecs.sip import Request, Response, SIPError
 from meter.hooks import HookCaller
 from meter.logs import log_event
 from meter.sip.clock import Clock
-from meter.sip.hooks import HOOK_FAILED, BindingInfo, RegisterInfo, SipHooks, Verdict
-from meter.sip.location import Change, LocationService, RegistrarError, RegisterRequest, contact_key
+from meter.sip.hooks import HOOK_FAILED, BindingInfo, PendingVerdict, RegisterInfo, SipHooks, Verdict
+from meter.sip.location import Change, LocationService, RegistrarError, RegisterPlan, RegisterRequest, contact_key
 from meter.sip.outcome import Outcome
 from meter.sip.peer import Peer
 from meter.sip.transaction import ServerTransaction
@@ -30,7 +30,7 @@ log = logging.getLogger("meter.sip")
 class Registrar:
     def __init__(self, location: LocationService, *, hooks: SipHooks, guard: HookCaller, clock: Clock,
                  upstream: Peer | None, reply: Callable, refuse: Callable, forward_upstream: Callable,
-                 admission=None, limits=None) -> None:
+                 later: Callable, admission=None, limits=None) -> None:
         self.location = location
         self.hooks = hooks
         self.guard = guard
@@ -39,6 +39,8 @@ class Registrar:
         self._reply = reply          # (txn, status, reason=None, headers=())
         self._refuse = refuse        # (txn, verdict)
         self._forward_upstream = forward_upstream  # (txn, req, outcome)
+        self._later = later  # (txn, pending verdict, fn, *args): fn(*args, verdict) once it arrives, guarded
+        self.closed = False
         self.admission = admission  # meter.sip.auth.admission.Admission, or None
         self.limits = limits  # meter.sip.limits.SourceLimiter (registrations per source), or None
         # A worker's replica of the node's bindings (meter.workers): they expire and end in the
@@ -69,13 +71,23 @@ class Registrar:
         expires = 0 if star else self.location.expires_for(contacts[0] if contacts else None, req.expires)
         info = RegisterInfo(aor, ("*",) if star else tuple(str(c.uri) for c in contacts), ua, source, expires,
                             req.call_id, forwarded=plan is None)
-        verdict = self.guard.ask(self.hooks.on_register, info, on_error=HOOK_FAILED, expect=Verdict)
+        verdict = self.guard.ask(self.hooks.on_register, info, on_error=HOOK_FAILED, expect=Verdict,
+                                 later=PendingVerdict)
+        if isinstance(verdict, PendingVerdict):  # another process answers (meter.workers): carry on then
+            self._later(txn, verdict, self._decided_later, txn, req, rr, info, plan)
+            return
+        self._decided(txn, req, info, plan, verdict)
+
+    def _decided(self, txn: ServerTransaction, req: Request, info: RegisterInfo, plan: RegisterPlan | None,
+                 verdict: Verdict) -> None:
         if not verdict.allowed:
             self._refuse(txn, verdict)
             return
+        aor = info.aor
         if plan is None:
-            sent = {contact_key(c.uri) for c in contacts}
-            self._forward_upstream(txn, req, InlineRegister(self, aor, sent, req.call_id, req.cseq.number, source, ua))
+            sent = {contact_key(c.uri) for c in req.contacts}
+            self._forward_upstream(txn, req, InlineRegister(self, aor, sent, req.call_id, req.cseq.number,
+                                                            info.source, info.user_agent))
             return
         now = self.clock.time()
         change = self.location.apply(plan, now)
@@ -84,6 +96,34 @@ class Registrar:
         if change is not None:
             log_event(log, "sip.registered", logging.DEBUG, aor=aor, bindings=len(change.bindings))
             self.bindings_changed(change)
+
+    def _decided_later(self, txn: ServerTransaction, req: Request, rr: RegisterRequest, info: RegisterInfo,
+                       plan: RegisterPlan | None, verdict: Verdict) -> None:
+        """A verdict that came later (meter.sip.hooks): the REGISTER may have been overtaken meanwhile."""
+        if self.closed or txn.final_sent:
+            if verdict.allowed:
+                self._abandoned(info, plan is None)
+            return
+        if plan is not None and verdict.allowed:
+            try:
+                plan = self.location.check(rr)  # RFC 3261 §10.3 steps 6-7 again: the bindings may have moved
+            except RegistrarError as err:
+                self._reply(txn, err.status, err.reason, headers=list(err.headers))
+                self._abandoned(info, False)
+                return
+        self._decided(txn, req, info, plan, verdict)
+
+    def _abandoned(self, info: RegisterInfo, forwarded: bool) -> None:
+        """An allowed REGISTER the node does not carry out: inline, its reservation is released;
+        standalone, the hooks hear the alias's bindings as they are (none after shutdown), so the
+        charge follows the bindings."""
+        log_event(log, "sip.register.abandoned", logging.INFO, aor=info.aor, closed=self.closed)
+        if forwarded:
+            self.guard.notify(self.hooks.on_register_failed, info.aor, info.call_id, "abandoned")
+            return
+        now = self.clock.time()
+        self.bindings_changed(Change(info.aor, tuple(self.location.lookup(info.aor, now)), info.user_agent,
+                                     info.source))
 
     def learn(self, reg: InlineRegister, resp: Response) -> None:
         """Inline: the upstream's 200 OK lists the AOR's bindings and their expiries (RFC 3261 §10.3 step 8)."""
@@ -115,6 +155,7 @@ class Registrar:
 
     def close(self) -> None:
         """Node shutdown: every binding ends through the hooks."""
+        self.closed = True
         if self.replica:
             self.location.clear()
             return
