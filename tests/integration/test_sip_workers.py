@@ -56,6 +56,16 @@ def metric(text: str, line_start: str) -> float:
     raise AssertionError(f"no {line_start} in /metrics")
 
 
+def record_route_port(response) -> int:
+    """The own port of the worker that put the call through (its Record-Route entry)."""
+    return int(re.search(r":(\d+)[;>]", response.header_values("record-route")[0]).group(1))
+
+
+def first_worker_port(node: MeterProcess) -> int:
+    """Worker 1's own port, from its start line in the node's log (workers log to the same place)."""
+    return int(re.search(r"workers\.worker_started\b.*?own_port\W+(\d+)", node.log_path.read_text()).group(1))
+
+
 class Answering:
     """A registered endpoint that answers each INVITE 200 and keeps its side of the dialog, so it
     can hang up itself; BYEs from the other side get 200."""
@@ -97,7 +107,8 @@ def test_two_workers_share_one_ledger_and_one_location(tmp_path):
         node = MeterProcess(tmp_path / "node", sip={"workers": 2, "tcp": False},
                             licensing={"enforcement": "enforce"}, zones=[
                                 {"name": "itsp", "kind": "third_party_sip", "match": ["domain:itsp.example"],
-                                 "target": f"127.0.0.1:{far.port}"}])
+                                 "target": f"127.0.0.1:{far.port}"}],
+                            extra="[limits]\nrequests = 0\nregistrations = 0\n")  # 31 UAs behind 127.0.0.1
         node.install_keys({"ROOM": ENDPOINTS + 5, "RMS": 10})
         node.start()
         trunk = Callee(far, SDP_ANSWER)
