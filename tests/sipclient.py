@@ -83,11 +83,13 @@ class SipUA:
 
     @classmethod
     async def open(cls, user: str, proxy: tuple[str, int], *, domain: str | None = None,
-                   transport: str = "udp") -> "SipUA":
+                   transport: str = "udp", host: str = "127.0.0.1") -> "SipUA":
+        """``host``: the local address (UDP), e.g. 127.0.0.2 for a peer a zone knows by address."""
         ua = cls(user, proxy, domain or f"{proxy[0]}:{proxy[1]}", transport)
         loop = asyncio.get_running_loop()
         if transport == "udp":
-            ua._udp, _ = await loop.create_datagram_endpoint(lambda: _Udp(ua), local_addr=("127.0.0.1", 0))
+            ua.host = host
+            ua._udp, _ = await loop.create_datagram_endpoint(lambda: _Udp(ua), local_addr=(host, 0))
             ua.port = ua._udp.get_extra_info("sockname")[1]
         else:
             ua._tcp, _ = await loop.create_connection(lambda: _Tcp(ua), proxy[0], proxy[1])

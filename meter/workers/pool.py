@@ -12,7 +12,7 @@ from collections import defaultdict
 
 from meter.hooks import HookCaller
 from meter.logs import log_event
-from meter.sip.hooks import HOOK_FAILED, Verdict
+from meter.sip.hooks import ALLOW, HOOK_FAILED, Verdict
 from meter.workers.link import frame, frames
 from meter.workers.stats import WorkerStats
 
@@ -31,7 +31,8 @@ class ReplicatingHooks:
 
     def __init__(self, hooks, pool: "WorkerPool") -> None:
         self._hooks, self._pool = hooks, pool
-        for name in ("on_register", "on_register_failed", "on_invite", "on_call_answered", "on_call_confirmed",
+        self.on_invite = pool.invite_verdict
+        for name in ("on_register", "on_register_failed", "on_call_answered", "on_call_confirmed",
                      "on_call_ended", "trusted_source", "zone_closed", "route"):
             setattr(self, name, getattr(hooks, name))
 
@@ -171,7 +172,7 @@ class WorkerPool:
                 if verdict.allowed and info.forwarded:
                     worker.reservations[info.aor].add(info.call_id)
             else:
-                verdict = self._guard.ask(hooks.on_invite, info, on_error=HOOK_FAILED, expect=Verdict)
+                verdict = self._guard.ask(self.invite_verdict, info, on_error=HOOK_FAILED, expect=Verdict)
                 if verdict.allowed:
                     worker.calls.add(info.call_id)
             worker.writer.write(frame(("verdict", rid, verdict)))
@@ -198,6 +199,15 @@ class WorkerPool:
             worker.stats.update(*message[1:])
         else:
             log_event(log, "workers.unknown_message", logging.WARNING, worker=worker.index, kind=str(kind))
+
+    def invite_verdict(self, info) -> Verdict:
+        """One call, one charge: a call that passes the node twice (inline: endpoint -> node -> lab
+        registrar -> node -> endpoint) is a spiral that one process recognises by its dialog; here
+        the second pass may reach another worker, so a Call-ID already charged is let through
+        uncharged (the ledger keys calls by Call-ID; the first pass's facts decide, as they would)."""
+        if ("sip", info.call_id) in self.hooks.m.calls:
+            return ALLOW
+        return self.hooks.on_invite(info)
 
     def replicate(self, aor: str, *, origin: int) -> None:
         """``aor``'s bindings as the owner now holds them, to every worker but the one they came from."""

@@ -181,3 +181,74 @@ def test_two_workers_share_one_ledger_and_one_location(tmp_path):
         assert not any(os.path.exists(f"/proc/{pid}") for pid in new_pids), "a worker outlived the node"
 
     asyncio.run(scenario())
+
+
+def test_two_workers_inline_through_kamailio_charge_each_call_once(tmp_path, kamailio):
+    """Inline (issue 11): endpoints register through the node to a real Kamailio, which routes
+    calls back along the Path the node added (RFC 3327), naming the worker that took the REGISTER.
+    A call passes the node twice (caller -> node -> Kamailio -> node -> callee) and the two passes
+    may reach different workers: it is still one call in the ledger (C1), listed once, ended once.
+    A third-party trunk call's RMS (C2, C3) is charged once too, and given back at BYE."""
+
+    async def scenario():
+        far = await SipUA.open("itsp", ("127.0.0.1", 9), domain="far.example", host="127.0.0.2")
+        node = MeterProcess(tmp_path / "node", sip={"workers": 2, "tcp": False, "mode": "inline",
+                                                    "upstream": f"127.0.0.1:{kamailio.port}"},
+                            licensing={"enforcement": "enforce"}, zones=[
+                                {"name": "itsp", "kind": "third_party_sip", "match": ["domain:itsp.example"],
+                                 "peers": ["127.0.0.2/32"], "target": f"127.0.0.2:{far.port}"}],
+                            extra="[limits]\nrequests = 0\nregistrations = 0\n")
+        node.install_keys({"ROOM": 20, "RMS": 4})
+        node.start()
+        trunk = Callee(far, SDP_ANSWER)
+        proxy = ("127.0.0.1", node.sip_port)
+        count = 16
+        endpoints = [await SipUA.open(f"wk{i:02d}x{os.getpid()}", proxy, domain="lab.test") for i in range(count)]
+        answering = [Answering(ua) for ua in endpoints]
+        try:
+            for ua in endpoints:
+                assert (await register(ua, ROOM, expires=600)).status == 200
+            contacts = kamailio.contacts()
+            assert all(ua.contact_uri in contacts.get(ua.user, []) for ua in endpoints)
+            paths = set(kamailio.paths())
+            assert len(paths) == 2, f"Kamailio holds one worker's Path only: {paths}"  # both took REGISTERs
+            assert in_use(node)["room"] == count  # R9, one ledger
+
+            for i, ua in enumerate(endpoints):
+                callee = answering[(i + 5) % count]
+                final, dialog = await call(ua, callee.ua.aor, SDP_OFFER)
+                assert final.status == 200, (ua.aor, final)
+                calls = node.api("calls")
+                assert [c["call_id"] for c in calls] == [dialog.call_id], "one call, listed once (C1)"
+                if i % 2:
+                    await hang_up(ua, dialog)
+                else:
+                    await callee.hang_up(dialog.call_id)
+                wait_until(lambda: node.api("calls") == [], 5, "the call to end")
+
+            final, dialog = await call(endpoints[0], "sip:+493012345@itsp.example", SDP_OFFER)
+            assert final.status == 200, final
+            wait_until(lambda: in_use(node)["rms"] == 1, 5, "the trunk call's RMS")
+            await hang_up(endpoints[0], dialog)
+            wait_until(lambda: in_use(node)["rms"] == 0, 5, "the RMS back at BYE")
+
+            # Inbound from the trunk (C2, C3: one RMS) to each alias: trunk -> node -> Kamailio ->
+            # node -> endpoint. Were the second pass charged anew on another worker, it would be
+            # classed as a local call (from the upstream, to a registered alias) and the RMS lost.
+            trunk.close()
+            far = await SipUA.open("itsp", proxy, domain="itsp.example", host="127.0.0.2")
+            for ua in endpoints[:8]:
+                final, dialog = await call(far, ua.aor, SDP_OFFER)
+                assert final.status == 200, final
+                assert in_use(node)["rms"] == 1, node.api("calls")
+                await hang_up(far, dialog)
+                wait_until(lambda: in_use(node)["rms"] == 0, 5, "the RMS back at BYE")
+        finally:
+            for endpoint in answering:
+                endpoint.close()
+            trunk.close()
+            for ua in endpoints:
+                ua.close()
+            node.stop()
+
+    asyncio.run(scenario())
