@@ -81,6 +81,19 @@ class RemoteHooks(SipMetering):
         for pending in waiting.values():
             pending.resolve(OWNER_GONE)
 
+    def apply(self, message: tuple) -> bool:
+        """One message from the owner (``meter.workers.pool``); False for "stop"."""
+        kind = message[0]
+        if kind == "verdict":
+            self.answered(message[1], message[2])
+        elif kind == "replica":  # an AOR's bindings as the owner holds them now
+            self.location.replace(message[1], message[2])
+        elif kind == "siblings":
+            self.siblings = message[1]
+        elif kind == "stop":
+            return False
+        return True
+
     # -- outcomes, in order ------------------------------------------------------------------------
 
     def on_register_failed(self, aor, call_id, cause) -> None:

@@ -88,14 +88,7 @@ async def serve(config, index: int, sock: socket.socket) -> None:
 
     async def listen() -> None:
         async for message in frames(reader):
-            kind = message[0]
-            if kind == "verdict":
-                hooks.answered(message[1], message[2])
-            elif kind == "replica":
-                core.location.replace(message[1], message[2])
-            elif kind == "siblings":
-                hooks.siblings = message[1]
-            elif kind == "stop":
+            if not hooks.apply(message):
                 break
         stop.set()
 
