@@ -258,8 +258,13 @@ def main(config: Config) -> int:
         runner = asyncio.run
     else:
         runner = uvloop.run
+    from meter.workers.pool import WorkerStartError
+
     try:
         runner(serve(config))
+    except WorkerStartError as exc:
+        log_event(log, "node.cannot_start", level=logging.ERROR, error=str(exc))
+        return 1
     except OSError as exc:  # a port in use, an address not on this machine
         from meter.startup import describe_os_error
 

@@ -147,6 +147,12 @@ class NodeCollector:
             from meter.workers.stats import summed_counters
 
             stats = summed_counters(stats, workers.snapshots())
+            alive = GaugeMetricFamily("meter_sip_workers", "SIP worker processes serving ([sip] workers), this one included.")
+            alive.add_metric([], workers.alive())
+            yield alive
+            restarts = CounterMetricFamily("meter_sip_worker_restarts", "SIP worker processes lost and started again.")
+            restarts.add_metric([], workers.restarts)
+            yield restarts
         requests = CounterMetricFamily("meter_sip_requests", "SIP requests by direction and method (retransmissions included).", labels=["direction", "method"])
         for direction, counter in (("in", stats.requests_received), ("out", stats.requests_sent)):
             for method, count in sorted(counter.items()):

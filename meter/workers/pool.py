@@ -25,6 +25,10 @@ RESTART_DELAY_SECONDS = 1.0
 STOP_TIMEOUT_SECONDS = 5.0
 
 
+class WorkerStartError(Exception):
+    """A SIP worker process that did not come up: the node does not start without it."""
+
+
 class ReplicatingHooks:
     """Worker 0's hooks: the node's metering join, and each change of worker 0's bindings (its own
     REGISTERs and the owner's expiries) sent to the other workers."""
@@ -101,8 +105,9 @@ class WorkerPool:
         worker.writer.write(frame(("config", dict(config.sections), config.source, index, self.shared_port)))
         hello = await _first(reader)
         if hello is None or hello[0] != "hello":
-            raise RuntimeError(f"SIP worker {index} did not start (exit status {worker.process.returncode}): "
-                               "see its log lines above")
+            status = worker.process.returncode if worker.process.returncode is not None else await worker.process.wait()
+            raise WorkerStartError(f"[sip] workers: SIP worker {index} did not start (exit status {status}): "
+                                   "see its log lines above")
         worker.own_port = hello[1]
         self._announce()
         self._sync_all(worker)
@@ -260,6 +265,10 @@ class WorkerPool:
 
     def calls(self) -> list[dict]:
         return [view for worker in self.workers.values() for view in worker.stats.calls]
+
+    def alive(self) -> int:
+        """Workers serving now, worker 0 included."""
+        return 1 + sum(1 for w in self.workers.values() if w.writer is not None and not w.writer.is_closing())
 
     def snapshots(self) -> list[WorkerStats]:
         return [worker.stats for worker in self.workers.values()]

@@ -27,7 +27,7 @@ import subprocess
 
 import pytest
 
-from tests.integration.peers import MeterProcess, wait_until
+from tests.integration.peers import MeterProcess, promtool_check_metrics, wait_until
 from meter.codecs.sip import new_tag
 from tests.integration.test_metering_calls import ROOM, Callee, call, hang_up
 from tests.integration.test_metering_prometheus import register
@@ -171,6 +171,13 @@ def test_two_workers_share_one_ledger_and_one_location(tmp_path):
             assert len(node.api("registrations")) == ENDPOINTS
             new_pids = worker_pids(node)
             assert len(new_pids) == 1 and new_pids != [pid]
+            # The lost worker's counts are kept (it reported them before it was killed) and the new
+            # one's are added: 30 REGISTERs, then 30 refreshes.
+            wait_until(lambda: metric(node.metrics_text(), 'meter_sip_requests_total{direction="in",method="REGISTER"}')
+                       == 2 * ENDPOINTS, 5, "the REGISTER count to go on from where the lost worker left it")
+            text = node.metrics_text()
+            assert metric(text, "meter_sip_workers ") == 2 and metric(text, "meter_sip_worker_restarts_total ") == 1
+            promtool_check_metrics(text)  # one valid exposition for the whole node
         finally:
             for endpoint in answering:
                 endpoint.close()

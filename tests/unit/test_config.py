@@ -35,6 +35,10 @@ def test_every_default_key_is_documented_in_the_shipped_file():
         ("[sipp]\nport = 5060\n", "unknown section [sipp]"),
         ("[log]\njson = 'yes'\n", "[log] json: expected true or false"),
         ("[node\n", "not valid TOML"),
+        # issue 11: several SIP workers serve UDP only, each naming its own port
+        ("[sip]\nworkers = 2\n", "[sip] workers: 2 workers serve UDP only: set tcp = false"),
+        ("[sip]\nworkers = 2\ntcp = false\nadvertised_port = 5070\n", "[sip] workers: each worker names its own port"),
+        ("[sip]\nworkers = 65\ntcp = false\n", "[sip] workers: expected 0 (one per core) or 1..64, got 65"),
     ],
 )
 def test_bad_config_names_file_key_and_expectation(tmp_path, toml, expected):
