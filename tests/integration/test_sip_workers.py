@@ -259,3 +259,57 @@ def test_two_workers_inline_through_kamailio_charge_each_call_once(tmp_path, kam
             node.stop()
 
     asyncio.run(scenario())
+
+
+def test_kill_9_of_a_node_with_two_workers_keeps_every_registration(tmp_path):
+    """The owner killed with SIGKILL: its worker dies with it (PR_SET_PDEATHSIG), no process is
+    left holding the port. Restarted on the same state directory, the node has every registration,
+    whichever worker took it (the owner writes the whole location behind), charged once (R9)."""
+
+    async def scenario():
+        node = MeterProcess(tmp_path / "node", sip={"workers": 2, "tcp": False},
+                            licensing={"enforcement": "enforce"},
+                            extra="[limits]\nrequests = 0\nregistrations = 0\n")
+        node.install_keys({"ROOM": 30})
+        node.start()
+        proxy = ("127.0.0.1", node.sip_port)
+        endpoints = [await SipUA.open(f"k{i:02d}", proxy, domain="lab.test") for i in range(20)]
+        try:
+            for ua in endpoints:
+                assert (await register(ua, ROOM, expires=600)).status == 200
+            wait_until(lambda: stored_registrations(node) == 20, 10, "every registration written behind")
+            [worker] = worker_pids(node)
+            node.proc.send_signal(signal.SIGKILL)
+            node.proc.wait(10)
+            wait_until(lambda: not os.path.exists(f"/proc/{worker}") or _zombie(worker), 10,
+                       "the worker to die with its owner")
+            node.log.close()
+            node.start()
+            assert in_use(node)["room"] == 20
+            assert sorted(r["alias"] for r in node.api("registrations")) == sorted(ua.aor for ua in endpoints)
+            for ua in endpoints:  # each refresh reaches a worker that knows the binding
+                assert (await register(ua, ROOM, expires=600)).status == 200
+            assert in_use(node)["room"] == 20
+        finally:
+            for ua in endpoints:
+                ua.close()
+            node.stop()
+
+    asyncio.run(scenario())
+
+
+def stored_registrations(node: MeterProcess) -> int:
+    import sqlite3
+
+    with sqlite3.connect(node.state_dir / "licensing.sqlite", timeout=5) as db:
+        count = db.execute("SELECT COUNT(*) FROM registrations").fetchone()[0]
+    db.close()
+    return count
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] == "Z"
+    except OSError:
+        return True
