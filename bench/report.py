@@ -22,11 +22,13 @@ MARKER = "<!-- results below: newest first; bench/run.py and bench/fuzz.py inser
 
 INTRO = f"""# Benchmarks
 
-Measured by `bench/` (issue 6): `make bench` (= `python -m bench.run`) for load, `make fuzz`
-(= `python -m bench.fuzz`) for long fuzzing. Both write a dated section below; tests never assert
-timings. Smoke run: `make bench BENCH_ARGS=--quick`; a subset: `BENCH_ARGS="--scenarios
-avalanche,calls --paths b,c --repeats 3"`; fuzzing budget: `FUZZ_ARGS="--seconds 600"` (atheris
-when installed, else Hypothesis). `python -m bench.run --help` lists the rest.
+Measured by `bench/` (issue 6): `make bench` (= `python -m bench.run`, every table issue 11 asks
+for in about 15 minutes) for load, `make fuzz` (= `python -m bench.fuzz`) for long fuzzing. Both
+write a dated section below; tests never assert timings. Smoke run: `make bench BENCH_ARGS=--quick`;
+full counts and 5 repeats: `BENCH_ARGS=--full`; 1 and 2 SIP workers: `BENCH_ARGS="--workers 1,2"`; a
+subset: `BENCH_ARGS="--scenarios avalanche,calls --paths b,c --repeats 3"`; fuzzing budget:
+`FUZZ_ARGS="--seconds 600"` (atheris when installed, else Hypothesis). `python -m bench.run --help`
+lists the rest.
 
 How to read the figures:
 - Every figure is the **median (min-max)** over the repeats named in its section.

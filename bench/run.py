@@ -1,7 +1,9 @@
 """Benchmark runner: ``python -m bench.run`` (``make bench``). See BENCHMARKS.md for the results.
 
-    python -m bench.run                       # everything, full counts (about 40 minutes)
+    python -m bench.run                       # every table of issue 11, about 15 minutes (make bench)
+    python -m bench.run --full                # full counts, 5 repeats (about 40 minutes)
     python -m bench.run --quick               # smoke run: small counts, 1 repeat
+    python -m bench.run --workers 1,2         # avalanche, open loop and calls with 1 and 2 SIP workers
     python -m bench.run --scenarios avalanche,calls --paths b,c --repeats 3
 
 Starts what it measures on loopback (Kamailio, the node, SIPp) in a private directory, stops it all
@@ -12,6 +14,7 @@ at the end, on errors and on Ctrl-C, and writes one dated section to BENCHMARKS.
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import signal
 import shutil
@@ -25,7 +28,7 @@ from pathlib import Path
 from bench import report
 from bench.scenarios import PATHS, SCENARIOS, Context, Plan
 
-DEFAULT_SCENARIOS = ("hotpath", "ceiling", "avalanche", "openloop", "calls", "memory", "ras")
+DEFAULT_SCENARIOS = ("hotpath", "scrape", "ceiling", "avalanche", "openloop", "calls", "memory", "ras")
 
 
 def _csv(kind):
@@ -48,6 +51,10 @@ def _node_option(text: str) -> tuple[str, str, object]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="small counts and 1 repeat: a smoke run")
+    p.add_argument("--full", action="store_true", help="full counts and 5 repeats (about 40 minutes)")
+    p.add_argument("--workers", type=_csv(int), help="[sip] workers of the node, one table per count, e.g. 1,2 "
+                   "(N > 1 also sets tcp = false; default 1)")
+    p.add_argument("--codecs", type=_csv(str), help="hot-path SIP codecs (default python,compiled)")
     p.add_argument("--scenarios", type=_csv(str), default=DEFAULT_SCENARIOS,
                    help=f"comma-separated, from {','.join(SCENARIOS)} (default: all)")
     p.add_argument("--paths", type=_csv(str), help="comma-separated subset of a,b,c,d (default: all)")
@@ -69,12 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def plan_from(args) -> Plan:
-    plan = Plan.quick() if args.quick else Plan()
+    plan = Plan.quick() if args.quick else Plan() if args.full else Plan.standard()
     for name in ("repeats", "call_repeats", "sizes", "call_rates", "window", "procs", "sockets",
-                 "kamailio_children", "paths"):
+                 "kamailio_children", "paths", "workers", "codecs"):
         value = getattr(args, name)
         if value is not None:
             setattr(plan, name, value)
+    if any(n < 1 for n in plan.workers):
+        raise SystemExit(f"--workers: counts must be >= 1, got {plan.workers}")
     for path in plan.paths:
         if path not in PATHS:
             raise SystemExit(f"unknown path {path!r}: expected some of {','.join(PATHS)}")
@@ -113,9 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name in args.scenarios:
             log(f"== {name}")
-            t0 = time.monotonic()
+            t0, load0 = time.monotonic(), os.getloadavg()[0]
             try:
-                blocks.append(SCENARIOS[name](ctx))
+                blocks.append(SCENARIOS[name](ctx).rstrip("\n")
+                              + f"\n\n_(load average {load0:.1f} at the start of this table, "
+                              f"{os.getloadavg()[0]:.1f} at its end; {time.monotonic() - t0:.0f} s)_\n")
             except KeyboardInterrupt:
                 raise
             except Exception as exc:  # record and go on: one broken scenario must not hide the rest
@@ -130,13 +141,16 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     elapsed = time.monotonic() - started
     section = (
-        f"## {report.now_title()}: load benchmarks ({'quick' if args.quick else 'full counts'}"
+        f"## {report.now_title()}: load benchmarks ({'quick' if args.quick else 'full counts' if args.full else 'standard'}"
         f"{'' if tuple(args.scenarios) == DEFAULT_SCENARIOS else ', only ' + ','.join(args.scenarios)}, {status})\n\n"
         f"Command: `{command}` ({elapsed / 60:.1f} min).\n"
         + report.machine_block(info)
         + f"Repeats: {plan.repeats} (calls: {plan.call_repeats}). Kamailio workers: {plan.kamailio_children} each. "
         f"Generator: {plan.procs} process(es) x {plan.sockets} sockets.\n"
         + (f"Node options: {plan.node_options}.\n" if plan.node_options else "")
+        + f"SIP workers: {', '.join(map(str, plan.workers))}.\n"
+        + ("\n**This run, issue 11's figures**:\n\n" + "".join(f"- {h}\n" for h in ctx.headlines)
+           if ctx.headlines else "")
         + "\n" + "\n".join(blocks)
     )
     if args.no_write:

@@ -7,6 +7,8 @@ start (the node not built yet, say) is reported as such and the others still run
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -15,7 +17,7 @@ from pathlib import Path
 from bench import calls as sipp_calls
 from bench.loadgen import LoadResult, LoadSpec, run_load
 from bench.report import stat, table
-from bench.services import LOOPBACK, Proc, Services, cpu_seconds, free_port, rss_bytes
+from bench.services import LOOPBACK, Proc, Services, cpu_seconds, free_port, node_config, rss_bytes
 
 PATHS = {
     "a": "(a) node standalone",
@@ -51,13 +53,24 @@ class Plan:
     memory_call_rate: int = 100
     ras_endpoints: int = 2000
     node_options: dict = field(default_factory=dict)
+    workers: tuple[int, ...] = (1,)  # [sip] workers of the node for avalanche and open loop
+    codecs: tuple[str, ...] = ("python", "compiled")  # SIP parsers the hot-path table compares
+    hotpath_count: int = 5000
+    scale_registrations: tuple[int, ...] = (500, 5000, 50000)  # per-message cost held flat?
+    scale_count: int = 2000
 
     @classmethod
     def quick(cls) -> "Plan":
         return cls(repeats=1, call_repeats=1, sizes=(500, 2000), open_seconds=1.0, open_endpoints=500,
                    call_rates=(50, 200), call_concurrent=50, call_steady=3.0, call_registrations=500,
                    memory_stages=(100, 1000, 5000), memory_cost_seconds=1.0, memory_call_rate=50,
-                   ras_endpoints=200)
+                   ras_endpoints=200, hotpath_count=1000, scale_registrations=(500, 5000), scale_count=500)
+
+    @classmethod
+    def standard(cls) -> "Plan":
+        """``make bench``: every table issue 11 asks for, in about 15 minutes on 2 cores."""
+        return cls(repeats=3, call_repeats=1, sizes=(10000,), open_seconds=3.0, call_rates=(100, 400),
+                   memory_cost_seconds=3.0, ras_endpoints=1000, hotpath_count=3000)
 
 
 @dataclass
@@ -66,6 +79,9 @@ class Context:
     workdir: Path
     log: callable = print
     unavailable: dict[str, str] = field(default_factory=dict)  # path -> why it could not start
+    workers: int = 1  # the node's [sip] workers for what starts now (see per_workers)
+    headlines: list[str] = field(default_factory=list)  # one-line results for the top of the section
+    _workers_key: bool | None = None  # does this node's config know [sip] workers yet?
     _seq: int = 0
 
     def rundir(self, name: str) -> Path:
@@ -81,12 +97,40 @@ class Topology:
     services: Services | None = None
 
 
+def workers_key_known(ctx: Context) -> bool:
+    """Whether ``meter check-config`` takes ``[sip] workers`` (the key lands with meter/workers/)."""
+    if ctx._workers_key is None:
+        probe = ctx.workdir / "workers-probe"
+        probe.mkdir(parents=True, exist_ok=True)
+        path = probe / "meter.toml"
+        path.write_text(node_config(probe, free_port(), free_port(), options={"sip": {"workers": 1}}))
+        done = subprocess.run([sys.executable, "-m", "meter", "check-config", str(path)], cwd=probe,
+                              capture_output=True, text=True, timeout=60)
+        ctx._workers_key = done.returncode == 0
+        if not ctx._workers_key:
+            ctx.log("  [sip] workers: this node does not know the key yet; 1 worker = the node as it is")
+    return ctx._workers_key
+
+
+def node_options(ctx: Context) -> dict:
+    """The plan's node options plus ``[sip] workers = N`` (UDP only when N > 1: TCP off)."""
+    options = {name: (dict(values) if isinstance(values, dict) else values)
+               for name, values in ctx.plan.node_options.items()}
+    n = ctx.workers
+    if n > 1 or workers_key_known(ctx):
+        sip = options.setdefault("sip", {})
+        sip["workers"] = n
+        if n > 1:
+            sip["tcp"] = False
+    return options
+
+
 def _start(ctx: Context, services: Services, path: str) -> Topology:
     plan = ctx.plan
     kids = plan.kamailio_children
     if path == "a":
         port, admin = free_port(), free_port()
-        node = services.node(port, admin, mode="standalone", options=plan.node_options)
+        node = services.node(port, admin, mode="standalone", options=node_options(ctx))
         return Topology((LOOPBACK, port), node, (LOOPBACK, admin))
     registrar = free_port()
     services.kamailio("registrar", registrar, children=kids)
@@ -100,7 +144,7 @@ def _start(ctx: Context, services: Services, path: str) -> Topology:
     if path == "b":
         port, admin = free_port(), free_port()
         node = services.node(port, admin, mode="inline", upstream=f"{LOOPBACK}:{registrar}",
-                             options=plan.node_options)
+                             options=node_options(ctx))
         return Topology((LOOPBACK, port), node, (LOOPBACK, admin))
     raise ValueError(f"unknown path {path!r}")
 
@@ -218,7 +262,10 @@ def avalanche(ctx: Context) -> str:
         thr = {p: [r.throughput for r in results[p]] for p in plan.paths}
         ratios = []
         if thr.get("b") and thr.get("c"):
-            ratios.append(f"**(b)/(c) = {stat(_ratio(thr['b'], thr['c']), '{:.2f}')}** (target >= 1.0)")
+            bc = stat(_ratio(thr['b'], thr['c']), '{:.2f}')
+            ratios.append(f"**(b)/(c) = {bc}** (target >= 1.0)")
+            ctx.headlines.append(f"(b)/(c) REGISTER throughput, avalanche {size}, {_workers_text(ctx.workers)}: "
+                                 f"**{bc}** ({stat(thr['b'])} vs {stat(thr['c'])} REGISTER/s)")
         if thr.get("a") and thr.get("d"):
             ratios.append(f"(a)/(d) = {stat(_ratio(thr['a'], thr['d']), '{:.2f}')}")
         if thr.get("c") and thr.get("d"):
@@ -228,6 +275,43 @@ def avalanche(ctx: Context) -> str:
         else:
             out.append("\nHeadline ratio (b)/(c): n/a, a path was not measured.\n")
     return "".join(out)
+
+
+# ---- 1 and N workers ------------------------------------------------------------------------------
+
+
+def _workers_text(n: int) -> str:
+    return "1 worker" if n == 1 else f"{n} workers"
+
+
+TITLES = {"avalanche": "Registration avalanche", "openloop": "Open-loop latency", "calls": "Calls (SIPp)"}
+
+
+def per_workers(scenario):
+    """Run ``scenario`` once per ``plan.workers`` count, each block titled with its count. A node
+    that cannot start with N workers is reported for N only; Kamailio's paths are measured again
+    each time, so (b)/(c) and the added latency compare figures taken in the same repeats."""
+    def run(ctx: Context) -> str:
+        blocks, found = [], dict(ctx.unavailable)
+        for n in ctx.plan.workers:
+            if n > 1 and not workers_key_known(ctx):  # spare the peers' runs: the node would not start
+                blocks.append(f"### {TITLES.get(scenario.__name__, scenario.__name__)}, {_workers_text(n)}\n\n"
+                              f"not measured: this node does not know `[sip] workers` yet (meter/workers/).\n")
+                continue
+            ctx.workers = n
+            ctx.unavailable = {p: why for p, why in found.items() if p not in NODE_PATHS}
+            block = scenario(ctx)
+            title, _, rest = block.partition("\n")
+            note = f"`[sip] workers = {n}`" + (", `tcp = false`" if n > 1 else "")
+            if n == 1 and not workers_key_known(ctx):
+                note = "`[sip] workers` not set: this node does not know the key yet"
+            blocks.append(f"{title}, {_workers_text(n)} ({note})\n{rest}")
+            if n == ctx.plan.workers[0]:
+                found.update(ctx.unavailable)
+        ctx.workers, ctx.unavailable = 1, found
+        return "\n".join(blocks)
+    run.__doc__ = scenario.__doc__
+    return run
 
 
 # ---- open-loop latency ----------------------------------------------------------------------------
@@ -273,6 +357,11 @@ def openloop(ctx: Context) -> str:
                 stat([r.lost for r in rs]),
             ])
         rows += _unavailable_rows(ctx, plan.paths, 7)
+        b, d = got.get(("b", rate), []), got.get(("d", rate), [])
+        if b and d:
+            added = stat([r.percentile(99) - x.percentile(99) for r, x in zip(b, d)], "{:+.3f}")
+            ctx.headlines.append(f"added p99 inline (b) at {rate} REGISTER/s, {_workers_text(ctx.workers)}: "
+                                 f"**{added} ms** (lost {stat([r.lost for r in b])})")
         out.append(f"\n**{rate} REGISTER/s**\n\n" + table(
             ["path", "answered/s", "p50 ms", "p99 ms", "added p50 ms", "added p99 ms", "lost"], rows))
     return "".join(out)
@@ -467,6 +556,13 @@ def memory(ctx: Context) -> str:
                     f"with {step.expected_rms} calls standing: "
                     f"{(step.rss_mid or 0) / 2**20:.1f} MiB ({step.failed} failed calls)")
     mib = "{:.1f}"
+    if with_calls:
+        ctx.headlines.append(f"RSS at {plan.call_registrations} registrations + {plan.call_concurrent} calls: "
+                             f"**{stat([v / 2**20 for v in with_calls], mib)} MiB** (target <= 150 MB = 143 MiB)")
+    if rss[stages[-1]]:
+        ctx.headlines.append(f"RSS at {stages[-1]:,} registrations: {stat([v / 2**20 for v in rss[stages[-1]]], mib)} MiB; "
+                             f"CPU per refresh REGISTER {' / '.join(stat(cost[s], '{:.0f}') for s in stages)} us "
+                             f"at {' / '.join(f'{s:,}' for s in stages)} registrations")
     rows = [["idle", stat([v / 2**20 for v in idle], mib), "-", "-", "-", "-", "-"]]
     for s in stages:
         rows.append([f"{s} registrations", stat([v / 2**20 for v in rss[s]], mib), stat(idle_cpu[s], "{:.1f}"),
@@ -488,6 +584,33 @@ def memory(ctx: Context) -> str:
         + table(["state", "RSS MiB", "idle CPU %", "CPU us/message", "p50 ms", "p99 ms", "lost"], rows)
         + f"\nPer registration: {stat(per_reg, '{:,.0f}', ' B')} ({stages[1]} -> {stages[-1]}). "
         f"Per call: {stat(per_call, '{:,.0f}', ' B')} (RSS with calls minus before, over standing calls).\n"
+    )
+
+
+# ---- scrape ----------------------------------------------------------------------------------------
+
+
+def scrape(ctx: Context) -> str:
+    """/metrics and /api/v1/licenses build time at 500 to 50,000 registrations (``bench/scrape.py``)."""
+    import json
+
+    counts = ",".join(str(n) for n in ctx.plan.scale_registrations)
+    argv = [sys.executable, "-m", "bench.scrape", "--json", "--registrations", counts, "--repeats", "100"]
+    ctx.log("[scrape] " + " ".join(argv[1:]))
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=1800,
+                          cwd=Path(__file__).resolve().parent.parent)
+    if done.returncode != 0:
+        return f"### Scrape cost\n\nnot measured: {done.stderr.strip()[-400:]}\n"
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    rows = [[f"{g['registrations']:,}", f"{g['metrics_ms'][0]:.3f} (min {g['metrics_ms'][1]:.3f})",
+             f"{g['licenses_ms'][0]:.3f} (min {g['licenses_ms'][1]:.3f})", f"{g['load_average']:.1f}"] for g in got]
+    return (
+        "### Scrape cost\n\n"
+        f"`python -m bench.scrape --registrations {counts} --repeats 100`: a node (hot-path harness, "
+        "standalone) holding N registrations and 20 calls builds `/metrics` (every family source) and the "
+        "`/api/v1/licenses` body 100 times; median (min) ms of one build. Running totals "
+        "(meter/metering/tallies.py): flat in N.\n\n"
+        + table(["registrations", "/metrics ms", "/api/v1/licenses ms", "load average"], rows)
     )
 
 
@@ -565,41 +688,79 @@ HOTPATH_FLOWS = {
 }
 
 
-def hotpath(ctx: Context) -> str:
-    """The node's own CPU per SIP message, no sockets and no peers (``bench/hotpath.py``)."""
+def _hotpath_run(ctx: Context, *args: str) -> dict[str, list[float]] | str:
+    """One ``bench.hotpath --json`` process: {flow: [us per message, ...]}, or why it failed."""
     import json
-    import subprocess
-    import sys
 
-    plan = ctx.plan
-    count = 1000 if plan.repeats == 1 else 5000
-    argv = [sys.executable, "-m", "bench.hotpath", "--json", "--count", str(count),
-            "--repeats", str(max(plan.repeats, 3))]
+    argv = [sys.executable, "-m", "bench.hotpath", "--json", *args]
     ctx.log("[hotpath] " + " ".join(argv[1:]))
     done = subprocess.run(argv, capture_output=True, text=True, timeout=1800,
                           cwd=Path(__file__).resolve().parent.parent)
     if done.returncode != 0:
-        return f"### Hot path (CPU per message)\n\nnot measured: {done.stderr.strip()[-400:]}\n"
-    got = json.loads(done.stdout.strip().splitlines()[-1])
-    rows = [[HOTPATH_FLOWS[flow], stat(us, "{:.1f}"), stat([1e6 / u for u in us])] for flow, us in got.items()]
-    return (
+        return done.stderr.strip()[-400:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _load_average() -> str:
+    import os
+
+    return "load average " + ", ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def hotpath(ctx: Context) -> str:
+    """The node's own CPU per SIP message, no sockets and no peers (``bench/hotpath.py``): per
+    codec, then with 500 to 50,000 other registrations held (it must stay flat)."""
+    plan = ctx.plan
+    count, repeats = plan.hotpath_count, max(plan.repeats, 3)
+    rows, loads = [], []
+    for codec in plan.codecs:
+        got = _hotpath_run(ctx, "--codec", codec, "--count", str(count), "--repeats", str(repeats))
+        loads.append(f"{codec}: {_load_average()}")
+        if isinstance(got, str):
+            rows.append([f"({codec})", f"not measured: {got}", ""])
+            continue
+        for flow, us in got.items():
+            rows.append([f"{HOTPATH_FLOWS[flow]} ({codec})", stat(us, "{:.1f}"), stat([1e6 / u for u in us])])
+            if flow == "inline":
+                ctx.headlines.append(f"node CPU per SIP message, inline REGISTER flow ({codec} codec): "
+                                     f"**{stat(us, '{:.1f}')} us** (target <= 40, then <= 20)")
+    rows.sort(key=lambda row: row[0])
+    out = [
         "### Hot path (CPU per message, no sockets)\n\n"
-        f"`python -m bench.hotpath`: the real SIP core, metering policy and latency wrapper in one process, fed "
-        f"pre-built datagrams as the UDP endpoint would; what the node sends is kept in a list; the garbage "
-        f"collector under the node's policy (meter.gc_timer: no automatic full passes). Process CPU "
-        f"time per message, {count} endpoints per run, a fresh node per run, {max(plan.repeats, 3)} runs. The "
-        f"load scenarios share 2 cores between generator, node and peers; this is the node's cost alone, and "
-        f"\"messages/s per core\" is the ceiling it sets.\n\n"
-        + table(["flow", "us per message", "messages/s per core"], rows)
+        f"`python -m bench.hotpath --codec CODEC --count {count} --repeats {repeats}`: the real SIP core, metering "
+        f"policy and latency wrapper in one process, fed pre-built datagrams as the UDP endpoint would; what "
+        f"the node sends is kept in a list; the garbage collector under the node's policy (meter.gc_timer: no "
+        f"automatic full passes). Process CPU time per message, {count} endpoints per run, a fresh node per "
+        f"run, {repeats} runs. `python` is the pure-Python reference codec, `compiled` the C scanner "
+        f"(codecs/_sipscan.c). The load scenarios share 2 cores between generator, node and peers; this is "
+        f"the node's cost alone, and \"messages/s per core\" is the ceiling it sets. ({'; '.join(loads)})\n\n"
+        + table(["flow (codec)", "us per message", "messages/s per core"], rows)
+    ]
+    scale_rows = []
+    flows = ("register", "refresh", "inline", "call")
+    for held in plan.scale_registrations:
+        got = _hotpath_run(ctx, "--count", str(plan.scale_count), "--repeats", "3", "--registrations", str(held))
+        load = _load_average()
+        if isinstance(got, str):
+            scale_rows.append([f"{held:,}", f"not measured: {got}"] + [""] * len(flows))
+            continue
+        scale_rows.append([f"{held:,}"] + [stat(got.get(f, []), "{:.1f}") for f in flows] + [load])
+    out.append(
+        "\n**Per-message cost with registrations held** (`python -m bench.hotpath --count "
+        f"{plan.scale_count} --repeats 3 --registrations N`, default codec): N other endpoints registered before "
+        "each run; us of CPU per message. Target: flat from 500 to 50,000.\n\n"
+        + table(["registrations held"] + [f"{f} us/msg" for f in flows] + ["load"], scale_rows)
     )
+    return "".join(out)
 
 
 SCENARIOS = {
     "hotpath": hotpath,
+    "scrape": scrape,
     "ceiling": ceiling,
-    "avalanche": avalanche,
-    "openloop": openloop,
-    "calls": calls,
+    "avalanche": per_workers(avalanche),
+    "openloop": per_workers(openloop),
+    "calls": per_workers(calls),
     "memory": memory,
     "ras": ras,
 }

@@ -289,8 +289,10 @@ def licenses_view(metering) -> dict:
     snap = metering.ledger.snapshot(now)
     doc = snap.to_dict()
     doc["alarms"] = [alarm_view(a) for a in snap.alarms]
-    doc["registrations_by_class"] = _count(metering.registrations.values(), lambda r: f"{r.protocol}/{r.device_class}")
-    doc["calls_by_class"] = _count(metering.calls.values(), lambda c: str(c.media))
+    # Running totals (meter.metering.tallies): the same counts as walking the tables, at any size.
+    tallies = metering.tallies
+    doc["registrations_by_class"] = _sum_by(tallies.registrations, lambda key: f"{key[0]}/{key[1]}")
+    doc["calls_by_class"] = _sum_by(tallies.calls, lambda key: key[0])
     if metering.licensing is not None:
         doc["option_keys"] = metering.licensing.view(now, metering.ledger.pool.peers(now))
     return doc
@@ -388,12 +390,13 @@ def _basic_auth_ok(header: str | None, user: str, password: str) -> bool:
         & hmac.compare_digest(given_password.encode(), password.encode())
 
 
-def _count(items, key) -> dict[str, int]:
+def _sum_by(counts: dict, label) -> dict[str, int]:
+    """Counts regrouped under ``label(key)``, in sorted label order."""
     out: dict[str, int] = {}
-    for item in items:
-        k = key(item)
-        out[k] = out.get(k, 0) + 1
-    return out
+    for key, count in counts.items():
+        k = label(key)
+        out[k] = out.get(k, 0) + count
+    return dict(sorted(out.items()))
 
 
 async def _healthz(request: web.Request) -> web.Response:

@@ -63,9 +63,9 @@ class NodeCollector:
 
         calls = GaugeMetricFamily("meter_calls", "Calls in progress by class (setup counts as video until set-up completes, C6).", labels=["class", "license"])
         by_class: dict[tuple[str, str], int] = {(c, lic): 0 for c in CALL_CLASSES.values() for lic in ("rms", "cmr", "none")}
-        for record in metering.calls.values():
-            key = (CALL_CLASSES.get(record.media, "video"), str(record.charge.license))
-            by_class[key] = by_class.get(key, 0) + 1
+        for (media, lic), count in metering.tallies.calls.items():  # running totals: no walk
+            key = (CALL_CLASSES.get(media, "video"), lic)
+            by_class[key] = by_class.get(key, 0) + count
         for (cls, lic), count in sorted(by_class.items()):
             calls.add_metric([cls, lic], count)
         yield calls
@@ -81,8 +81,8 @@ class NodeCollector:
 
         regs = GaugeMetricFamily("meter_registrations", "Registered aliases by protocol and device class (R1-R9).", labels=["protocol", "device_class"])
         counts = {(p, c): 0 for p in ("sip", "h323") for c in ("room", "desktop", "none")}
-        for record in metering.registrations.values():
-            counts[(record.protocol, record.device_class)] = counts.get((record.protocol, record.device_class), 0) + 1
+        for key, count in metering.tallies.registrations.items():  # running totals (R9: per alias)
+            counts[key] = counts.get(key, 0) + count
         for (protocol, device_class), count in sorted(counts.items()):
             regs.add_metric([protocol, device_class], count)
         yield regs

@@ -25,6 +25,7 @@ from meter.licensing.ledger import ENFORCE, Decision, Ledger
 from meter.licensing.model import UNIT_SCALE, Kind, License, Media
 from meter.licensing.registrations import RegistrationCharge, RegistrationFacts, classify_registration
 from meter.licensing.usage import UsageMeter
+from meter.metering.tallies import RecordTallies
 from meter.logs import log_event
 from meter.zones import ZoneSettings, ZoneTable
 
@@ -89,6 +90,8 @@ class Metering:
         self._next_usage_maintain = 0.0
         self.registrations: dict[tuple[str, str], RegistrationRecord] = {}
         self.calls: dict[tuple[str, str], CallRecord] = {}
+        # Both tables counted by label as records come and go: a scrape reads these, never walks.
+        self.tallies = RecordTallies()
         # SIP AOR by "user" and "user@host": how an H.323 alias finds a SIP registration (C9).
         self._sip_names: dict[str, str] = {}
         self._next_key_change: float | None = None
@@ -165,6 +168,7 @@ class Metering:
             log_event(log, "metering.released_at_shutdown", charges=released)
         self.registrations.clear()
         self.calls.clear()
+        self.tallies.clear()
         self._sip_names.clear()
         if self.licensing is not None:
             self.licensing.close()
@@ -234,15 +238,16 @@ class Metering:
         if decision.ok:
             if protocol == "sip":
                 self._index_sip(alias, add=True)
-            self.registrations[key] = RegistrationRecord(
+            self._put_registration(key, RegistrationRecord(
                 alias, protocol, _device_class(charge.license), str(charge.license), device, decision.rules,
-                pending=reserve, charge=charge)
+                pending=reserve, charge=charge))
         return decision
 
     def _release_registration(self, key: tuple[str, str], cause: str, now: float) -> None:
         record = self.registrations.pop(key, None)
         if record is None:
             return
+        self.tallies.registration(record, -1)
         if record.protocol == "sip":
             self._index_sip(record.alias, add=False)
             if self.journal is not None:
@@ -250,6 +255,13 @@ class Metering:
         self.ledger.release(key, now)
         log_event(log, "registration.released", alias=record.alias, protocol=record.protocol,
                   license=record.license, cause=cause)
+
+    def _put_registration(self, key: tuple[str, str], record: RegistrationRecord) -> None:
+        old = self.registrations.get(key)
+        if old is not None:
+            self.tallies.registration(old, -1)
+        self.registrations[key] = record
+        self.tallies.registration(record, 1)
 
     def _index_sip(self, aor: str, *, add: bool) -> None:
         user_host = aor.partition(":")[2].lower()
@@ -281,8 +293,8 @@ class Metering:
         self._note(decision, "call", call_id=call_id, caller=caller, callee=callee, zone=facts.callee_zone,
                    source=source, user_agent=user_agent)
         if decision.ok:
-            self.calls[key] = CallRecord(call_id, caller, callee, facts, charge, rules=decision.rules,
-                                         media=charge.media, started_at=now)
+            self._put_call(key, CallRecord(call_id, caller, callee, facts, charge, rules=decision.rules,
+                                           media=charge.media, started_at=now))
             self._call_changed(protocol, call_id)
         return decision
 
@@ -300,12 +312,16 @@ class Metering:
         final = classify_call(record.facts._replace(m_lines=m_lines))
         decision = self.ledger.settle((protocol, call_id), final, now)
         if decision is not None:
+            self.tallies.call(record, -1)  # C6: counted under its negotiated class from now on
             record.charge, record.rules, record.media = final, decision.rules, final.media
+            self.tallies.call(record, 1)
             log_event(log, "call.settled", call_id=call_id, media=str(final.media), license=str(final.license),
                       licenses=licenses_of(final.license, decision.units), rules=decision.rules)
 
     def end_call(self, protocol: str, call_id: str, cause: str, now: float) -> None:
         record = self.calls.pop((protocol, call_id), None)
+        if record is not None:
+            self.tallies.call(record, -1)
         self.ledger.release((protocol, call_id), now)
         self._call_changed(protocol, call_id)
         if record is not None:  # the operator's line for the call: its license, units and duration
@@ -314,6 +330,13 @@ class Metering:
                       media=str(record.media), license=str(record.charge.license),
                       licenses=licenses_of(record.charge.license, record.charge.units), duration=duration,
                       rules=record.rules, cause=cause)
+
+    def _put_call(self, key: tuple[str, str], record: CallRecord) -> None:
+        old = self.calls.get(key)
+        if old is not None:
+            self.tallies.call(old, -1)
+        self.calls[key] = record
+        self.tallies.call(record, 1)
 
     def _call_changed(self, protocol: str, call_id: str) -> None:
         if self.journal is not None and protocol == "sip":
@@ -340,9 +363,9 @@ class Metering:
         if decision.ok:
             if protocol == "sip":
                 self._index_sip(alias, add=True)
-            self.registrations[key] = RegistrationRecord(
+            self._put_registration(key, RegistrationRecord(
                 alias, protocol, _device_class(charge.license), str(charge.license), state["device"],
-                tuple(state["rules"]), charge=charge)
+                tuple(state["rules"]), charge=charge))
         return decision
 
     def call_state(self, protocol: str, call_id: str) -> dict | None:
@@ -367,9 +390,9 @@ class Metering:
         if decision.ok:
             if state["state"] == "confirmed":
                 self.ledger.settle(key, charge, now)
-            self.calls[key] = CallRecord(call_id, state["caller"], state["callee"], CallFacts(**state["facts"]),
-                                         charge, state["state"], state["m_lines"], tuple(state["rules"]),
-                                         Media(state["media"]))
+            self._put_call(key, CallRecord(call_id, state["caller"], state["callee"], CallFacts(**state["facts"]),
+                                           charge, state["state"], state["m_lines"], tuple(state["rules"]),
+                                           Media(state["media"])))
         return decision
 
     # ---- shared ------------------------------------------------------------------------

@@ -107,8 +107,8 @@ class SipMetering:
 
     def on_call_answered(self, call_id, offer_sdp, answer_sdp) -> None:
         record = self.m.calls.get(("sip", call_id))
-        if record is None:
-            return
+        if record is None or record.state == "confirmed":
+            return  # C7: an answer after set-up (a re-INVITE's) changes neither the class nor the counts
         record.state = "answered"
         record.m_lines = negotiated_m_lines(offer_sdp, answer_sdp)
 

@@ -225,3 +225,12 @@ def test_hotpath_flows_do_what_they_claim(flow, per_endpoint):
     if flow == "call":
         assert h.metering.calls == {} and h.metering.ledger.snapshot(0).licenses["rms"].in_use == 0
         assert counters.requests_received["BYE"] == 20 and counters.requests_received["INVITE"] == 20
+
+
+def test_scrape_bench_builds_both_documents_for_the_registrations_it_holds():
+    """``bench.scrape``: the node it times holds the registrations and standing calls it says."""
+    from bench import scrape
+
+    got = scrape.measure(30, 2)
+    assert (got["registrations"], got["calls"]) == (30, scrape.CALLS_UP)
+    assert got["metrics_ms"][0] > 0 and got["licenses_ms"][0] > 0
