@@ -318,4 +318,5 @@ def test_late_answer_allowed_after_shutdown_is_released():
     lab.core.close()
     lab.policy.pending[0].resolve(ALLOW)
     assert lab.net.take() == []
-    assert lab.policy.events("ended") == [("ended", invite.call_id, "timeout"), ("ended", invite.call_id, "node shutdown")]
+    assert lab.policy.events("ended") == [("ended", invite.call_id, "timeout"),
+                                          ("ended", invite.call_id, "node shutdown")]
