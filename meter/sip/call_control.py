@@ -6,7 +6,9 @@ shutdown. A 2xx that arrives after the node gave up re-opens the call or is ende
 answer). When the node itself ends a call it sends a BYE to each side.
 
 The proxy core forwards the messages; this module hands it one :class:`~meter.sip.outcome.Outcome`
-per forwarded request (set-up, teardown, refresh) and is told how each ended.
+per forwarded request (set-up, teardown, refresh) and is told how each ended. When ``on_invite``'s
+verdict comes later (``meter.sip.hooks.PendingVerdict``), ``start`` and ``late_answer`` hand the
+core what to resume with (:class:`PendingSetup`, :class:`PendingLateAnswer`).
 """
 
 from __future__ import annotations

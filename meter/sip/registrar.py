@@ -7,6 +7,9 @@ limits, out-of-order CSeq) run before the metering hook is asked, so a REGISTER 
 refuses never charges. Inline, the hook's charge is a reservation that the upstream's answer
 settles: its 2xx confirms it (``on_bindings``), a final non-2xx or no answer releases it at once
 (``on_register_failed``).
+
+The verdict may come later (``meter.sip.hooks.PendingVerdict``): what follows it then runs when it
+arrives, after the registrar's checks ran again (the bindings may have moved meanwhile).
 """
 
 from __future__ import annotations
