@@ -59,7 +59,9 @@ class _Worker:
         self.reader_task: asyncio.Task | None = None
         self.own_port = 0
         self.calls: set[str] = set()  # Call-IDs allowed and not ended: ended by the owner if the worker is lost
-        self.reservations: dict[str, set[str]] = defaultdict(set)  # AOR -> Call-IDs of inline REGISTERs in flight
+        # AOR -> {Call-ID: forwarded} of REGISTERs allowed and not yet settled by the worker's
+        # "bindings" (standalone: charged at the ask; inline: reserved until the upstream's 2xx)
+        self.reservations: dict[str, dict[str, bool]] = defaultdict(dict)
         self.stats = WorkerStats()
 
 
@@ -174,8 +176,8 @@ class WorkerPool:
             _, question, rid, info = message
             if question == "register":
                 verdict = self._guard.ask(hooks.on_register, info, on_error=HOOK_FAILED, expect=Verdict)
-                if verdict.allowed and info.forwarded:
-                    worker.reservations[info.aor].add(info.call_id)
+                if verdict.allowed:
+                    worker.reservations[info.aor][info.call_id] = info.forwarded
             else:
                 verdict = self._guard.ask(self.invite_verdict, info, on_error=HOOK_FAILED, expect=Verdict)
                 if verdict.allowed:
@@ -191,7 +193,7 @@ class WorkerPool:
             _, aor, call_id, cause = message
             calls = worker.reservations.get(aor)
             if calls is not None:
-                calls.discard(call_id)
+                calls.pop(call_id, None)
             self._guard.notify(hooks.on_register_failed, aor, call_id, cause)
         elif kind == "answered":
             self._guard.notify(hooks.on_call_answered, *message[1:])
@@ -230,9 +232,14 @@ class WorkerPool:
         hooks = self.hooks
         for call_id in sorted(worker.calls):
             self._guard.notify(hooks.on_call_ended, call_id, "worker lost")
+        now = self.core.clock.time()
         for aor, call_ids in sorted(worker.reservations.items()):
-            for call_id in sorted(call_ids):
-                self._guard.notify(hooks.on_register_failed, aor, call_id, "worker lost")
+            for call_id, forwarded in sorted(call_ids.items()):
+                if forwarded:  # inline: the reservation waited for the upstream's 2xx
+                    self._guard.notify(hooks.on_register_failed, aor, call_id, "worker lost")
+            if not any(forwarded for forwarded in call_ids.values()) and not self.core.location.lookup(aor, now):
+                # standalone: charged at the ask, its binding never made: the charge follows the bindings
+                self._guard.notify(hooks.on_bindings, aor, (), "", None, self.core.clock.wall())
         ended, released = len(worker.calls), sum(len(c) for c in worker.reservations.values())
         worker.calls.clear()
         worker.reservations.clear()
