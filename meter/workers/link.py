@@ -10,7 +10,7 @@ import asyncio
 import pickle
 import socket
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 _LENGTH = struct.Struct("!I")
@@ -39,6 +39,39 @@ async def frames(reader: asyncio.StreamReader) -> AsyncIterator[tuple]:
         except (asyncio.IncompleteReadError, ConnectionError):
             return
         yield pickle.loads(body)
+
+
+class FrameProtocol(asyncio.Protocol):
+    """Each complete frame, as it arrives, to ``on_message``; ``on_closed`` once at the end.
+    (A protocol rather than a StreamReader: one buffer pass per read, not two awaits per frame.)"""
+
+    def __init__(self, on_message: Callable[[tuple], None], on_closed: Callable[[], None]) -> None:
+        self._on_message, self._on_closed = on_message, on_closed
+        self._buffer = bytearray()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        buffer = self._buffer
+        buffer += data
+        pos, end_of_data = 0, len(buffer)
+        while end_of_data - pos >= _LENGTH.size:
+            (size,) = _LENGTH.unpack_from(buffer, pos)
+            if size > MAX_FRAME_BYTES:
+                raise ValueError(f"worker link: a frame of {size} bytes")
+            end = pos + _LENGTH.size + size
+            if end > end_of_data:
+                break
+            message = pickle.loads(buffer[pos + _LENGTH.size:end])
+            pos = end
+            self._on_message(message)
+        if pos:
+            del buffer[:pos]
+
+    def connection_lost(self, exc) -> None:
+        self._on_closed()
 
 
 def read_frame_blocking(sock: socket.socket) -> Any:

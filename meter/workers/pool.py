@@ -13,7 +13,7 @@ from collections import defaultdict
 from meter.hooks import HookCaller
 from meter.logs import log_event
 from meter.sip.hooks import ALLOW, HOOK_FAILED, Verdict
-from meter.workers.link import frame, frames
+from meter.workers.link import FrameProtocol, frame
 from meter.workers.stats import WorkerStats
 
 log = logging.getLogger("meter.workers")
@@ -50,13 +50,14 @@ class ReplicatingHooks:
 
 
 class _Worker:
-    __slots__ = ("index", "process", "writer", "reader_task", "own_port", "calls", "reservations", "stats")
+    __slots__ = ("index", "process", "writer", "hello", "gone", "own_port", "calls", "reservations", "stats")
 
     def __init__(self, index: int) -> None:
         self.index = index
         self.process: asyncio.subprocess.Process | None = None
-        self.writer: asyncio.StreamWriter | None = None
-        self.reader_task: asyncio.Task | None = None
+        self.writer: asyncio.Transport | None = None  # the link's transport: write() and is_closing()
+        self.hello: asyncio.Future | None = None  # its own port, once it serves
+        self.gone: asyncio.Future | None = None  # set when the link closed and what it left is released
         self.own_port = 0
         self.calls: set[str] = set()  # Call-IDs allowed and not ended: ended by the owner if the worker is lost
         # AOR -> {Call-ID: forwarded} of REGISTERs allowed and not yet settled by the worker's
@@ -95,26 +96,29 @@ class WorkerPool:
                   own_ports=[core.advertised.port] + [w.own_port for w in self.workers.values()])
 
     async def _spawn(self, index: int) -> None:
+        loop = asyncio.get_running_loop()
         worker = self.workers[index] = _Worker(index)
+        worker.hello, worker.gone = loop.create_future(), loop.create_future()
         parent, child = socket.socketpair()
         try:
             worker.process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "meter.workers.worker", str(child.fileno()), pass_fds=(child.fileno(),))
         finally:
             child.close()
-        reader, worker.writer = await asyncio.open_connection(sock=parent)
+        worker.writer, _ = await loop.create_connection(
+            lambda: FrameProtocol(lambda message: self._received(worker, message), lambda: self._closed(worker)),
+            sock=parent)
         config = self.config
         worker.writer.write(frame(("config", dict(config.sections), config.source, index, self.shared_port)))
-        hello = await _first(reader)
-        if hello is None or hello[0] != "hello":
-            status = worker.process.returncode if worker.process.returncode is not None else await worker.process.wait()
+        await asyncio.wait([worker.hello, worker.gone], return_when=asyncio.FIRST_COMPLETED)
+        if not worker.hello.done():
+            status = await worker.process.wait()
             raise WorkerStartError(f"[sip] workers: SIP worker {index} did not start (exit status {status}): "
                                    "see its log lines above")
-        worker.own_port = hello[1]
+        worker.own_port = worker.hello.result()
         self._announce()
         self._sync_all(worker)
-        worker.reader_task = asyncio.get_running_loop().create_task(self._serve(worker, reader),
-                                                                    name=f"sip-worker-{index}")
+        worker.writer.write(frame(("synced",)))  # it serves from now on, knowing every binding
 
     def _announce(self) -> None:
         """Every worker's own address, to every worker (a restarted one has a new port)."""
@@ -152,27 +156,29 @@ class WorkerPool:
                 log_event(log, "workers.kill", logging.WARNING, worker=worker.index)
                 worker.process.kill()
                 await worker.process.wait()
-        if worker.reader_task is not None:
-            await worker.reader_task  # everything it said before it stopped is handled
+        if worker.gone is not None:
+            await worker.gone  # everything it said before it stopped is handled
 
     # -- one worker's messages ---------------------------------------------------------------------
 
-    async def _serve(self, worker: _Worker, reader: asyncio.StreamReader) -> None:
+    def _received(self, worker: _Worker, message: tuple) -> None:
         try:
-            async for message in frames(reader):
-                try:
-                    self._handle(worker, message)
-                except Exception:  # a bug here must not leave the worker unanswered for good
-                    log.exception("workers.message_failed", extra={"facts": {"worker": worker.index,
-                                                                             "kind": message[0]}})
-        finally:
-            worker.writer.close()
-            self._lost(worker)
+            self._handle(worker, message)
+        except Exception:  # a bug here must not leave the worker unanswered for good
+            log.exception("workers.message_failed", extra={"facts": {"worker": worker.index, "kind": message[0]}})
+
+    def _closed(self, worker: _Worker) -> None:
+        self._lost(worker)
+        if worker.gone is not None and not worker.gone.done():
+            worker.gone.set_result(None)
 
     def _handle(self, worker: _Worker, message: tuple) -> None:
         kind = message[0]
         hooks = self.hooks
-        if kind == "ask":
+        if kind == "hello":
+            if worker.hello is not None and not worker.hello.done():
+                worker.hello.set_result(message[1])
+        elif kind == "ask":
             _, question, rid, info = message
             if question == "register":
                 verdict = self._guard.ask(hooks.on_register, info, on_error=HOOK_FAILED, expect=Verdict)
@@ -279,9 +285,3 @@ class WorkerPool:
 
     def snapshots(self) -> list[WorkerStats]:
         return [worker.stats for worker in self.workers.values()]
-
-
-async def _first(reader: asyncio.StreamReader):
-    async for message in frames(reader):
-        return message
-    return None

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from meter.logs import log_event
 from meter.metering.sip import SipMetering
-from meter.sip.hooks import PendingVerdict, Verdict
+from meter.sip.hooks import ALLOW, PendingVerdict, Verdict
 from meter.zones import ZoneTable
 
 log = logging.getLogger("meter.workers")
@@ -35,9 +35,14 @@ class _ZonesOnly:
 class RemoteHooks(SipMetering):
     """``send`` writes one message to the owner (``meter.workers.link.frame`` is applied by it)."""
 
-    def __init__(self, send: Callable[[tuple], None], zones: ZoneTable, *, inline: bool) -> None:
+    def __init__(self, send: Callable[[tuple], None], zones: ZoneTable, *, inline: bool,
+                 clock: Callable[[], float] = lambda: 0.0, settled: float = 32.0) -> None:
         super().__init__(_ZonesOnly(zones), inline=inline)  # only the zone questions use it
         self._send = send
+        self._clock = clock  # the core's monotonic clock: the owner's too (one machine)
+        # A binding with more than this left cannot expire in the owner before this worker's
+        # answer to a refresh reaches it: Timer F (64*T1), the longest an inline REGISTER waits.
+        self._settled = settled
         self._ids = itertools.count(1)
         self._waiting: dict[int, PendingVerdict] = {}
         self.location = None  # the worker core's location: each change sends the AOR's whole set
@@ -51,8 +56,22 @@ class RemoteHooks(SipMetering):
 
     # -- questions ----------------------------------------------------------------------------------
 
-    def on_register(self, info) -> PendingVerdict:
+    def on_register(self, info) -> PendingVerdict | Verdict:
+        if not info.contacts or info.contacts == ("*",) or (info.expires == 0 and len(info.contacts) == 1):
+            return ALLOW  # a query, a removal: nothing to charge (as SipMetering.on_register)
+        if self._charged(info.aor):
+            return ALLOW  # a refresh: the alias is charged (R9, once per alias) and stays so
         return self._ask("register", info)
+
+    def _charged(self, aor: str) -> bool:
+        """Does the node charge ``aor`` now, for longer than this REGISTER can take? A live binding
+        means the owner charged it (a charged alias is never reclassified, meter.metering.join);
+        only the owner's expiry or an unregister releases it, and its "bindings" answer comes first."""
+        location = self.location
+        if location is None:
+            return False
+        limit = self._clock() + self._settled
+        return any(b.expires_at > limit for b in location.bindings_of(aor))
 
     def on_invite(self, info) -> PendingVerdict:
         return self._ask("invite", info)

@@ -13,7 +13,7 @@ import sys
 
 from meter import logs
 from meter.logs import log_event
-from meter.workers.link import frame, frames, read_frame_blocking
+from meter.workers.link import FrameProtocol, frame, read_frame_blocking
 
 log = logging.getLogger("meter.workers")
 STATS_INTERVAL_SECONDS = 1.0  # the owner's /metrics is at most this far behind a worker's counts
@@ -61,21 +61,31 @@ async def serve(config, index: int, sock: socket.socket) -> None:
     from meter.zones import ZoneTable
 
     loop = asyncio.get_running_loop()
-    reader, writer = await asyncio.open_connection(sock=sock)
+    stop = asyncio.Event()
+    gate = _Gate()
+    hooks = None
+
+    def received(message: tuple) -> None:
+        if message[0] == "synced":
+            gate.open()  # every binding is here: serve
+        elif not hooks.apply(message):
+            stop.set()
+
+    link, _ = await loop.create_connection(lambda: FrameProtocol(received, stop.set), sock=sock)
 
     def send(message: tuple) -> None:
-        if not writer.is_closing():  # the owner gone: outcomes have no one to tell
-            writer.write(frame(message))
+        if not link.is_closing():  # the owner gone: outcomes have no one to tell
+            link.write(frame(message))
 
-    hooks = RemoteHooks(send, ZoneTable(config.zones), inline=config.sip.mode == "inline")
+    hooks = RemoteHooks(send, ZoneTable(config.zones), inline=config.sip.mode == "inline", clock=loop.time,
+                        settled=64 * config.sip.t1)
     latency = LatencyHistogram()
-    sip = SipNode(config.sip, hooks, wrap_receiver=lambda core: TimedReceiver(core, latency),
+    sip = SipNode(config.sip, hooks, wrap_receiver=lambda core: gate.around(TimedReceiver(core, latency)),
                   admission=build_admission(config), limits=config.limits)
     await sip.start()
     core = sip.core
     hooks.location = core.location
     core.registrar.replica = True  # bindings expire in the owner, which tells every worker
-    stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     send(("hello", sip.own_port))
@@ -86,25 +96,47 @@ async def serve(config, index: int, sock: socket.socket) -> None:
             await asyncio.sleep(STATS_INTERVAL_SECONDS)
             send(("stats", sip.counters.snapshot(), list(latency.counts), latency.sum, sip.calls()))
 
-    async def listen() -> None:
-        async for message in frames(reader):
-            if not hooks.apply(message):
-                break
-        stop.set()
-
-    tasks = [loop.create_task(report()), loop.create_task(listen())]
+    reporting = loop.create_task(report())
     await stop.wait()
     await sip.close()  # its calls end through the owner ("node shutdown"); bindings stay the owner's
-    for task in tasks:
-        task.cancel()
+    reporting.cancel()
     hooks.owner_gone()
     send(("stats", sip.counters.snapshot(), list(latency.counts), latency.sum, []))
-    try:
-        await writer.drain()
-        writer.close()
-    except ConnectionError:
-        pass
+    link.close()  # after what is buffered
     log_event(log, "workers.worker_stopped", worker=index)
+
+
+class _Gate:
+    """Datagrams are dropped (UDP retransmits them) until the owner has sent every binding: a
+    worker that served before would answer 404 for aliases registered through the others."""
+
+    __slots__ = ("inner", "_open")
+
+    def __init__(self) -> None:
+        self.inner = None
+        self._open = False
+
+    def around(self, inner) -> "_Gate":
+        self.inner = inner
+        return self
+
+    def open(self) -> None:
+        self._open = True
+
+    def receive_datagram(self, data, source) -> None:
+        if self._open:
+            self.inner.receive_datagram(data, source)
+
+    def receive_message(self, msg, source) -> None:
+        if self._open:
+            self.inner.receive_message(msg, source)
+
+    def receive_error(self, err, source) -> None:
+        if self._open:
+            self.inner.receive_error(err, source)
+
+    def __getattr__(self, name):  # anything else the transports ask of the core
+        return getattr(self.inner, name)
 
 
 if __name__ == "__main__":

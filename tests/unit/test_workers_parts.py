@@ -9,7 +9,7 @@ import pickle
 from meter.admin.latency import LatencyHistogram
 from meter.codecs.sip import parse_uri
 from meter.sip.counters import SipCounters
-from meter.sip.hooks import ALLOW, PendingVerdict, Verdict
+from meter.sip.hooks import ALLOW, PendingVerdict, RegisterInfo, Verdict
 from meter.sip.location import Binding, LocationService, contact_key
 from meter.sip.peer import Peer
 from meter.workers.link import frame, frames
@@ -76,15 +76,19 @@ def test_frames_carry_tuples_in_order_and_end_at_the_close():
     assert asyncio.run(scenario()) == [("ask", "register", 1, "info"), ("ended", "c1", "bye")]
 
 
+def register_info(aor: str, expires: int = 600, contacts=("sip:a@10.0.0.1",)) -> RegisterInfo:
+    return RegisterInfo(aor, contacts, "UA", Peer("udp", "10.0.0.9", 5060), expires, "call-1", forwarded=True)
+
+
 def test_a_question_waits_for_the_owners_answer_and_a_lost_owner_refuses_what_waits():
     sent = []
     hooks = RemoteHooks(sent.append, ZoneTable([]), inline=False)
     answers = []
-    pending = hooks.on_register("register-info")
+    pending = hooks.on_register(register_info("sip:a@lab"))
     assert isinstance(pending, PendingVerdict)
     pending.add_done_callback(answers.append)
     (kind, question, rid, info), = sent
-    assert (kind, question, info) == ("ask", "register", "register-info") and answers == []
+    assert (kind, question, info) == ("ask", "register", register_info("sip:a@lab")) and answers == []
     hooks.apply(("verdict", rid, Verdict(False, 503, "Service Unavailable", "no licenses")))
     assert answers == [Verdict(False, 503, "Service Unavailable", "no licenses")]
     waiting = hooks.on_invite("call-info")
@@ -94,3 +98,22 @@ def test_a_question_waits_for_the_owners_answer_and_a_lost_owner_refuses_what_wa
     late = hooks.on_invite("call-info")
     assert late.verdict == OWNER_GONE  # refused at once, no question sent
     assert pickle.loads(pickle.dumps(ALLOW)) == ALLOW
+
+
+def test_a_refresh_of_a_charged_alias_is_allowed_by_the_worker_itself():
+    """R9: an alias is charged once; a refresh changes no count, so the worker does not ask. A
+    binding too close to its expiry (the owner may release it before the REGISTER settles), a new
+    alias, or a removal are asked or answered exactly as the owner's metering would."""
+    now = [1000.0]
+    sent = []
+    location = LocationService()
+    hooks = RemoteHooks(sent.append, ZoneTable([]), inline=True, clock=lambda: now[0], settled=32.0)
+    hooks.location = location
+    location.restore(binding("sip:a@lab", "sip:a@10.0.0.1", expires_at=1600.0))
+    assert hooks.on_register(register_info("sip:a@lab")) is ALLOW and sent == []
+    assert hooks.on_register(register_info("sip:a@lab", expires=0)) is ALLOW  # removal: never a charge
+    assert hooks.on_register(register_info("sip:a@lab", contacts=("*",))) is ALLOW
+    now[0] = 1580.0  # 20 s left: inside Timer F, the owner may expire it before the answer
+    assert isinstance(hooks.on_register(register_info("sip:a@lab")), PendingVerdict)
+    assert isinstance(hooks.on_register(register_info("sip:b@lab")), PendingVerdict)  # never charged
+    assert [m[:2] for m in sent] == [("ask", "register"), ("ask", "register")]
