@@ -184,8 +184,11 @@ class _Run:
         self.transports = transports
         vias = [t.get_extra_info("sockname")[:2] for t in transports]
         k = len(transports)
+        # Each endpoint always sends from the same socket, as a device keeps its address and port:
+        # a node with several workers then sees it on one worker, as it would a real one.
+        self.socket_of = [(spec.first + i % spec.endpoints) % k for i in range(self.n)]
         if self.builder is not None:
-            self.packets = [self.builder(i, vias[i % k]) for i in range(self.n)]
+            self.packets = [self.builder(i, vias[self.socket_of[i]]) for i in range(self.n)]
             return
         devices = population(spec.first + spec.endpoints)
         packets = []
@@ -193,12 +196,12 @@ class _Run:
             index = spec.first + i % spec.endpoints
             packets.append(sipmsg.register(
                 index, devices[index], seq=self.base + i, cseq=spec.cseq_base + i // spec.endpoints,
-                via=vias[i % k], contact=spec.contact, expires=spec.expires))
+                via=vias[self.socket_of[i]], contact=spec.contact, expires=spec.expires))
         self.packets = packets
 
     def send(self, i: int) -> None:
         self.sent_ns[i] = time.perf_counter_ns()
-        self.transports[i % len(self.transports)].sendto(self.packets[i], self.spec.target)
+        self.transports[self.socket_of[i]].sendto(self.packets[i], self.spec.target)
         self.outstanding += 1
 
     def fill(self) -> None:

@@ -153,6 +153,11 @@ class NodeCollector:
             restarts = CounterMetricFamily("meter_sip_worker_restarts", "SIP worker processes lost and started again.")
             restarts.add_metric([], workers.restarts)
             yield restarts
+            per_worker = CounterMetricFamily("meter_sip_worker_requests", "SIP requests received, per worker (how the kernel spread the sources).", labels=["worker"])
+            per_worker.add_metric(["0"], sum(sip.counters.requests_received.values()))
+            for index, snapshot in workers.indexed_snapshots():
+                per_worker.add_metric([str(index)], sum(snapshot.counters.get("requests_received", {}).values()))
+            yield per_worker
         requests = CounterMetricFamily("meter_sip_requests", "SIP requests by direction and method (retransmissions included).", labels=["direction", "method"])
         for direction, counter in (("in", stats.requests_received), ("out", stats.requests_sent)):
             for method, count in sorted(counter.items()):

@@ -284,6 +284,21 @@ class LocationService:
         for b in bindings:
             self._put(b)
 
+    def refresh(self, aor: str, updates) -> bool:
+        """A refresh another worker made: (contact key, expires_at, cseq, call_id) for each of
+        ``aor``'s bindings, the set unchanged. False, changing nothing, when the keys differ
+        from the ones held here (then the whole set is needed: :meth:`replace`)."""
+        table = self._aors.get(aor)
+        if table is None or len(table) != len(updates) or any(key not in table for key, *_ in updates):
+            return False
+        for key, expires_at, cseq, call_id in updates:
+            b = table[key]
+            if b.expires_at != expires_at:
+                b.expires_at = expires_at
+                heapq.heappush(self._heap, (expires_at, next(self._seq), aor, key))
+            b.cseq, b.call_id = cseq, call_id
+        return True
+
     # -- internals -------------------------------------------------------------------------------
 
     def _put(self, b: Binding) -> None:

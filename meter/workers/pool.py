@@ -12,8 +12,9 @@ from collections import defaultdict
 
 from meter.hooks import HookCaller
 from meter.logs import log_event
-from meter.sip.hooks import ALLOW, HOOK_FAILED, Verdict
+from meter.sip.hooks import ALLOW, HOOK_FAILED, BindingInfo, Verdict
 from meter.workers.link import FrameProtocol, frame
+from meter.workers.remote import binding_signature
 from meter.workers.stats import WorkerStats
 
 log = logging.getLogger("meter.workers")
@@ -82,6 +83,7 @@ class WorkerPool:
         self._closing = False
         self._tasks: set[asyncio.Task] = set()
         self.siblings: frozenset[tuple[str, int]] = frozenset()  # (host, own port) of every worker
+        self._replicated: dict[str, tuple] = {}  # AOR -> signature of the bindings last sent whole
 
     def wrap(self, hooks) -> ReplicatingHooks:
         return ReplicatingHooks(hooks, self)
@@ -193,8 +195,22 @@ class WorkerPool:
             _, aor, whole, infos, user_agent, source, now = message
             worker.reservations.pop(aor, None)
             self.core.location.replace(aor, whole)
-            self._guard.notify(hooks.on_bindings, aor, infos, user_agent, source, now)
+            if now is None:  # re-sent after a mismatch: what the bindings are now
+                self._bindings_changed(aor, user_agent, source, None)
+            else:
+                self._guard.notify(hooks.on_bindings, aor, infos, user_agent, source, now)
             self.replicate(aor, origin=worker.index)
+        elif kind == "refresh":
+            _, aor, updates, user_agent, source, now = message
+            worker.reservations.pop(aor, None)
+            location = self.core.location
+            if not location.refresh(aor, updates):  # another worker changed it meanwhile
+                worker.writer.write(frame(("resend", aor)))
+                return
+            self._bindings_changed(aor, user_agent, source, now)
+            self._send_others(frame(("refreshed", aor, updates)), worker.index)
+        elif kind == "want":
+            worker.writer.write(frame(("replica", message[1], self.core.location.bindings_of(message[1]))))
         elif kind == "register_failed":
             _, aor, call_id, cause = message
             calls = worker.reservations.get(aor)
@@ -222,11 +238,32 @@ class WorkerPool:
             return ALLOW
         return self.hooks.on_invite(info)
 
+    def _bindings_changed(self, aor: str, user_agent: str, source, now: float | None) -> None:
+        """The metering hears of ``aor``'s bindings as the owner's location now holds them."""
+        clock = self.core.clock
+        mono = clock.time()
+        infos = tuple(BindingInfo(b.contact, b.remaining(mono), b.source, b.user_agent)
+                      for b in self.core.location.lookup(aor, mono))
+        self._guard.notify(self.hooks.on_bindings, aor, infos, user_agent, source, clock.wall() if now is None else now)
+
     def replicate(self, aor: str, *, origin: int) -> None:
-        """``aor``'s bindings as the owner now holds them, to every worker but the one they came from."""
+        """``aor``'s bindings as the owner now holds them, to every worker but the one they came
+        from: a refresh as new expiries only, any other change as the whole set."""
         if not self.workers:
             return
-        data = frame(("replica", aor, self.core.location.bindings_of(aor)))
+        whole = self.core.location.bindings_of(aor)
+        signature = binding_signature(whole)
+        if whole and self._replicated.get(aor) == signature:
+            updates = tuple((b.key, b.expires_at, b.cseq, b.call_id) for b in whole)
+            self._send_others(frame(("refreshed", aor, updates)), origin)
+            return
+        if whole:
+            self._replicated[aor] = signature
+        else:
+            self._replicated.pop(aor, None)
+        self._send_others(frame(("replica", aor, whole)), origin)
+
+    def _send_others(self, data: bytes, origin: int) -> None:
         for worker in self.workers.values():
             if worker.index != origin and worker.writer is not None and not worker.writer.is_closing():
                 worker.writer.write(data)
@@ -282,6 +319,9 @@ class WorkerPool:
     def alive(self) -> int:
         """Workers serving now, worker 0 included."""
         return 1 + sum(1 for w in self.workers.values() if w.writer is not None and not w.writer.is_closing())
+
+    def indexed_snapshots(self) -> list[tuple[int, WorkerStats]]:
+        return sorted((index, worker.stats) for index, worker in self.workers.items())
 
     def snapshots(self) -> list[WorkerStats]:
         return [worker.stats for worker in self.workers.values()]

@@ -48,6 +48,9 @@ class RemoteHooks(SipMetering):
         self.location = None  # the worker core's location: each change sends the AOR's whole set
         self.closed = False
         self.siblings: frozenset[tuple[str, int]] = frozenset()  # every worker's own address
+        # AOR -> what the owner holds of its bindings (keys, sources, User-Agents, parameters), as
+        # last sent or received: a change that leaves it alone is a refresh, sent in a few bytes.
+        self._known: dict[str, tuple] = {}
 
     def zone_destination(self, host: str, port: int) -> bool:
         """A sibling worker is a place requests may be relayed to: an in-dialog request that
@@ -106,7 +109,14 @@ class RemoteHooks(SipMetering):
         if kind == "verdict":
             self.answered(message[1], message[2])
         elif kind == "replica":  # an AOR's bindings as the owner holds them now
-            self.location.replace(message[1], message[2])
+            aor = message[1]
+            self.location.replace(aor, message[2])
+            self._remember(aor, self.location.bindings_of(aor))
+        elif kind == "refreshed":  # another worker's refresh: new expiries, same bindings
+            if not self.location.refresh(message[1], message[2]):
+                self._send(("want", message[1]))  # this replica differs: the whole set, please
+        elif kind == "resend":  # the owner's set differs from what this worker thought it held
+            self._send_whole(message[1])
         elif kind == "siblings":
             self.siblings = message[1]
         elif kind == "stop":
@@ -119,8 +129,32 @@ class RemoteHooks(SipMetering):
         self._send(("register_failed", aor, call_id, cause))
 
     def on_bindings(self, aor, bindings, user_agent, source, now) -> None:
-        whole = self.location.bindings_of(aor) if self.location is not None else []
+        whole = self.location.bindings_of(aor)
+        if whole and self._known.get(aor) == binding_signature(whole):
+            # A refresh (the usual REGISTER): new expiry, CSeq and Call-ID only.
+            updates = tuple((b.key, b.expires_at, b.cseq, b.call_id) for b in whole)
+            self._send(("refresh", aor, updates, user_agent, source, now))
+            return
+        self._remember(aor, whole)
         self._send(("bindings", aor, whole, tuple(bindings), user_agent, source, now))
+
+    def _send_whole(self, aor: str) -> None:
+        from meter.sip.hooks import BindingInfo
+
+        whole = self.location.bindings_of(aor)
+        now = self._clock()
+        infos = tuple(BindingInfo(b.contact, b.remaining(now), b.source, b.user_agent)
+                      for b in whole if b.expires_at > now)
+        last = whole[-1] if whole else None
+        self._remember(aor, whole)
+        self._send(("bindings", aor, whole, infos, last.user_agent if last else "", last.source if last else None,
+                    None))
+
+    def _remember(self, aor: str, whole) -> None:
+        if whole:
+            self._known[aor] = binding_signature(whole)
+        else:
+            self._known.pop(aor, None)
 
     def on_call_answered(self, call_id, offer_sdp, answer_sdp) -> None:
         self._send(("answered", call_id, offer_sdp, answer_sdp))
@@ -130,3 +164,8 @@ class RemoteHooks(SipMetering):
 
     def on_call_ended(self, call_id, cause) -> None:
         self._send(("ended", call_id, cause))
+
+
+def binding_signature(bindings) -> tuple:
+    """What a refresh leaves unchanged: which contacts, from where, by what, with what parameters."""
+    return tuple((b.key, b.source, b.user_agent, tuple(b.params.items())) for b in bindings)
