@@ -51,7 +51,7 @@ class ReplicatingHooks:
 
 
 class _Worker:
-    __slots__ = ("index", "process", "writer", "hello", "gone", "own_port", "calls", "reservations", "stats")
+    __slots__ = ("index", "process", "writer", "hello", "gone", "own_port", "ready", "calls", "reservations", "stats")
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -60,6 +60,7 @@ class _Worker:
         self.hello: asyncio.Future | None = None  # its own port, once it serves
         self.gone: asyncio.Future | None = None  # set when the link closed and what it left is released
         self.own_port = 0
+        self.ready = False  # it has every binding: changes are sent to it from now on
         self.calls: set[str] = set()  # Call-IDs allowed and not ended: ended by the owner if the worker is lost
         # AOR -> {Call-ID: forwarded} of REGISTERs allowed and not yet settled by the worker's
         # "bindings" (standalone: charged at the ask; inline: reserved until the upstream's 2xx)
@@ -121,6 +122,7 @@ class WorkerPool:
         self._announce()
         self._sync_all(worker)
         worker.writer.write(frame(("synced",)))  # it serves from now on, knowing every binding
+        worker.ready = True
 
     def _announce(self) -> None:
         """Every worker's own address, to every worker (a restarted one has a new port)."""
@@ -265,7 +267,7 @@ class WorkerPool:
 
     def _send_others(self, data: bytes, origin: int) -> None:
         for worker in self.workers.values():
-            if worker.index != origin and worker.writer is not None and not worker.writer.is_closing():
+            if worker.index != origin and worker.ready and not worker.writer.is_closing():
                 worker.writer.write(data)
 
     # -- a worker lost -----------------------------------------------------------------------------

@@ -66,6 +66,10 @@ async def serve(config, index: int, sock: socket.socket) -> None:
     hooks = None
 
     def received(message: tuple) -> None:
+        if hooks is None:  # nothing but a stop comes before this worker said hello
+            if message[0] == "stop":
+                stop.set()
+            return
         if message[0] == "synced":
             gate.open()  # every binding is here: serve
         elif not hooks.apply(message):
