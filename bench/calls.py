@@ -110,8 +110,10 @@ def _int(row: dict[str, str], name: str) -> int:
 
 def run_step(services: Services, target: tuple[str, int], workdir: Path, *, rate: int, concurrent: int,
              steady: float, callees: int, admin: tuple[str, int] | None = None, node: Proc | None = None,
-             on_mid=None) -> CallStep:
-    """One call-rate step through ``target`` (the node or the Kamailio forwarder); blocks until done."""
+             on_mid=None, socket_per_call: bool = False) -> CallStep:
+    """One call-rate step through ``target`` (the node or the Kamailio forwarder); blocks until done.
+    ``socket_per_call``: SIPp's ``-t un``, a source port per call, as many phones would be: a node
+    with several SIP workers then spreads them (one socket would all hash to one worker)."""
     workdir.mkdir(parents=True, exist_ok=True)
     shutil.copy(SCENARIOS / "uac_video.xml", workdir / "uac_video.xml")
     write_callees(workdir / "callees.csv", callees)
@@ -121,7 +123,7 @@ def run_step(services: Services, target: tuple[str, int], workdir: Path, *, rate
     deadline = int(hold * 2 + steady + 60)
     proc = services.sipp(f"sipp-uac-{rate}", [
         f"{target[0]}:{target[1]}", "-sf", "uac_video.xml", "-inf", "callees.csv",
-        "-i", LOOPBACK, "-p", str(free_port()), "-t", "u1", "-nostdin",
+        "-i", LOOPBACK, "-p", str(free_port()), "-t", "un" if socket_per_call else "u1", "-nostdin",
         "-r", str(rate), "-l", str(concurrent), "-m", str(planned), "-d", str(int(hold * 1000)),
         "-recv_timeout", str(_RECV_TIMEOUT_MS), "-timeout", f"{deadline}s",
         "-trace_stat", "-stf", stats.name, "-fd", "1",

@@ -433,7 +433,8 @@ def calls(ctx: Context) -> str:
                 for rate in plan.call_rates:
                     step = sipp_calls.run_step(
                         services, topo.target, workdir / f"uac-{rate}", rate=rate, concurrent=plan.call_concurrent,
-                        steady=plan.call_steady, callees=plan.call_registrations, admin=topo.admin, node=topo.node)
+                        steady=plan.call_steady, callees=plan.call_registrations, admin=topo.admin, node=topo.node,
+                        socket_per_call=ctx.workers > 1)
                     ctx.log(f"[calls {rate} CPS] rep {rep + 1}/{plan.call_repeats} {PATHS[path]}: "
                             f"{step.successful}/{step.planned} ok, {step.failed} failed"
                             f"{' ' + str(step.failure_kinds) if step.failure_kinds else ''}, "
