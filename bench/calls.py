@@ -123,7 +123,8 @@ def run_step(services: Services, target: tuple[str, int], workdir: Path, *, rate
     deadline = int(hold * 2 + steady + 60)
     proc = services.sipp(f"sipp-uac-{rate}", [
         f"{target[0]}:{target[1]}", "-sf", "uac_video.xml", "-inf", "callees.csv",
-        "-i", LOOPBACK, "-p", str(free_port()), "-t", "un" if socket_per_call else "u1", "-nostdin",
+        "-i", LOOPBACK, "-p", str(free_port()), "-nostdin",
+        *(["-t", "un", "-max_socket", str(2 * concurrent + 64)] if socket_per_call else ["-t", "u1"]),
         "-r", str(rate), "-l", str(concurrent), "-m", str(planned), "-d", str(int(hold * 1000)),
         "-recv_timeout", str(_RECV_TIMEOUT_MS), "-timeout", f"{deadline}s",
         "-trace_stat", "-stf", stats.name, "-fd", "1",
