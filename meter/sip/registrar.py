@@ -128,6 +128,11 @@ class Registrar:
         self.bindings_changed(Change(info.aor, tuple(self.location.lookup(info.aor, now)), info.user_agent,
                                      info.source))
 
+    def answer_through(self, wrap) -> None:
+        """Send the registrar's own answers through ``wrap(reply)``: a worker of several holds a
+        REGISTER's 2xx until every worker can route to the new binding (meter.workers.remote)."""
+        self._reply = wrap(self._reply)
+
     def learn(self, reg: InlineRegister, resp: Response) -> None:
         """Inline: the upstream's 200 OK lists the AOR's bindings and their expiries (RFC 3261 §10.3 step 8)."""
         header = resp.expires

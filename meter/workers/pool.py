@@ -5,6 +5,7 @@ See ``meter.workers`` for the design."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import socket
 import sys
@@ -62,9 +63,9 @@ class _Worker:
         self.own_port = 0
         self.ready = False  # it has every binding: changes are sent to it from now on
         self.calls: set[str] = set()  # Call-IDs allowed and not ended: ended by the owner if the worker is lost
-        # AOR -> {Call-ID: forwarded} of REGISTERs allowed and not yet settled by the worker's
+        # AOR -> {Call-ID: (forwarded, source)} of REGISTERs allowed and not yet settled by the worker's
         # "bindings" (standalone: charged at the ask; inline: reserved until the upstream's 2xx)
-        self.reservations: dict[str, dict[str, bool]] = defaultdict(dict)
+        self.reservations: dict[str, dict[str, tuple[bool, object]]] = defaultdict(dict)  # (forwarded, source)
         self.stats = WorkerStats()
 
 
@@ -187,14 +188,15 @@ class WorkerPool:
             if question == "register":
                 verdict = self._guard.ask(hooks.on_register, info, on_error=HOOK_FAILED, expect=Verdict)
                 if verdict.allowed:
-                    worker.reservations[info.aor][info.call_id] = info.forwarded
+                    worker.reservations[info.aor][info.call_id] = (info.forwarded, info.source)
             else:
+                info = self._in_order(worker, info)
                 verdict = self._guard.ask(self.invite_verdict, info, on_error=HOOK_FAILED, expect=Verdict)
                 if verdict.allowed:
                     worker.calls.add(info.call_id)
             worker.writer.write(frame(("verdict", rid, verdict)))
         elif kind == "bindings":
-            _, aor, whole, infos, user_agent, source, now = message
+            _, aor, whole, infos, user_agent, source, now, ack = message
             worker.reservations.pop(aor, None)
             self.core.location.replace(aor, whole)
             if now is None:  # re-sent after a mismatch: what the bindings are now
@@ -202,6 +204,8 @@ class WorkerPool:
             else:
                 self._guard.notify(hooks.on_bindings, aor, infos, user_agent, source, now)
             self.replicate(aor, origin=worker.index)
+            if ack is not None:  # every other worker has been sent them: the phone may be told
+                worker.writer.write(frame(("ack", ack)))
         elif kind == "refresh":
             _, aor, updates, user_agent, source, now = message
             worker.reservations.pop(aor, None)
@@ -230,6 +234,19 @@ class WorkerPool:
             worker.stats.update(*message[1:])
         else:
             log_event(log, "workers.unknown_message", logging.WARNING, worker=worker.index, kind=str(kind))
+
+    def _in_order(self, worker: _Worker, info):
+        """A caller that sends its INVITE right after its REGISTER (baresip dialling at start) may
+        reach the worker before that REGISTER's verdict came back, so the worker did not see it
+        registered. One process handles them in order: the REGISTER first. Here the same is true
+        of the questions: a standalone REGISTER of the caller's alias from the same flow, allowed
+        and not yet settled, makes it registered (the distinction C1 vs C2/C3 rests on)."""
+        if info.caller_registered:
+            return info
+        pending = worker.reservations.get(info.from_aor)
+        if pending and any(not forwarded and source == info.source for forwarded, source in pending.values()):
+            return dataclasses.replace(info, caller_registered=True)
+        return info
 
     def invite_verdict(self, info) -> Verdict:
         """One call, one charge: a call that passes the node twice (inline: endpoint -> node -> lab
@@ -279,10 +296,10 @@ class WorkerPool:
             self._guard.notify(hooks.on_call_ended, call_id, "worker lost")
         now = self.core.clock.time()
         for aor, call_ids in sorted(worker.reservations.items()):
-            for call_id, forwarded in sorted(call_ids.items()):
+            for call_id, (forwarded, _) in sorted(call_ids.items()):
                 if forwarded:  # inline: the reservation waited for the upstream's 2xx
                     self._guard.notify(hooks.on_register_failed, aor, call_id, "worker lost")
-            if not any(forwarded for forwarded in call_ids.values()) and not self.core.location.lookup(aor, now):
+            if not any(forwarded for forwarded, _ in call_ids.values()) and not self.core.location.lookup(aor, now):
                 # standalone: charged at the ask, its binding never made: the charge follows the bindings
                 self._guard.notify(hooks.on_bindings, aor, (), "", None, self.core.clock.wall())
         ended, released = len(worker.calls), sum(len(c) for c in worker.reservations.values())

@@ -51,6 +51,12 @@ class RemoteHooks(SipMetering):
         # AOR -> what the owner holds of its bindings (keys, sources, User-Agents, parameters), as
         # last sent or received: a change that leaves it alone is a refresh, sent in a few bytes.
         self._known: dict[str, tuple] = {}
+        # A standalone REGISTER's 200 that adds or changes a contact waits for the owner's "ack":
+        # by then the owner has sent the bindings on to every other worker, so a call placed the
+        # moment the phone sees its 200 finds it whichever worker it reaches (one process: at once).
+        self._held: tuple | None = None  # the 200 just asked for, until on_bindings claims it
+        self._acks: dict[int, tuple] = {}  # ack id -> a held 200
+        self._call_soon: Callable | None = None
 
     def zone_destination(self, host: str, port: int) -> bool:
         """A sibling worker is a place requests may be relayed to: an in-dialog request that
@@ -102,12 +108,37 @@ class RemoteHooks(SipMetering):
             log_event(log, "workers.owner_gone", logging.WARNING, refused=len(waiting))
         for pending in waiting.values():
             pending.resolve(OWNER_GONE)
+        held, self._acks = list(self._acks.values()), {}
+        for answer in held:  # bound here already: the phone is told, as one process would
+            _send_reply(answer)
+
+    def hold_register_answers(self, reply: Callable, call_soon: Callable) -> Callable:
+        """The registrar's ``reply``, wrapped: a REGISTER's 2xx is held for :meth:`on_bindings`."""
+        self._call_soon = call_soon
+
+        def reply_when_known(txn, status, reason=None, headers=()) -> None:
+            if 200 <= status < 300 and txn.request.method == "REGISTER" and not self.closed:
+                held = self._held = (reply, txn, status, reason, headers)
+                call_soon(self._release_unclaimed, held)  # a query changes nothing: answered at once
+                return
+            reply(txn, status, reason, headers)
+
+        return reply_when_known
+
+    def _release_unclaimed(self, held: tuple) -> None:
+        if self._held is held:
+            self._held = None
+            _send_reply(held)
 
     def apply(self, message: tuple) -> bool:
         """One message from the owner (``meter.workers.pool``); False for "stop"."""
         kind = message[0]
         if kind == "verdict":
             self.answered(message[1], message[2])
+        elif kind == "ack":
+            held = self._acks.pop(message[1], None)
+            if held is not None:
+                _send_reply(held)
         elif kind == "replica":  # an AOR's bindings as the owner holds them now
             aor = message[1]
             self.location.replace(aor, message[2])
@@ -129,14 +160,22 @@ class RemoteHooks(SipMetering):
         self._send(("register_failed", aor, call_id, cause))
 
     def on_bindings(self, aor, bindings, user_agent, source, now) -> None:
+        held, self._held = self._held, None
         whole = self.location.bindings_of(aor)
         if whole and self._known.get(aor) == binding_signature(whole):
-            # A refresh (the usual REGISTER): new expiry, CSeq and Call-ID only.
+            # A refresh (the usual REGISTER): new expiry, CSeq and Call-ID only; every worker can
+            # reach the alias already, so its 200 goes at once.
             updates = tuple((b.key, b.expires_at, b.cseq, b.call_id) for b in whole)
             self._send(("refresh", aor, updates, user_agent, source, now))
+            if held is not None:
+                _send_reply(held)
             return
         self._remember(aor, whole)
-        self._send(("bindings", aor, whole, tuple(bindings), user_agent, source, now))
+        ack = None
+        if held is not None:
+            ack = next(self._ids)
+            self._acks[ack] = held
+        self._send(("bindings", aor, whole, tuple(bindings), user_agent, source, now, ack))
 
     def _send_whole(self, aor: str) -> None:
         from meter.sip.hooks import BindingInfo
@@ -148,7 +187,7 @@ class RemoteHooks(SipMetering):
         last = whole[-1] if whole else None
         self._remember(aor, whole)
         self._send(("bindings", aor, whole, infos, last.user_agent if last else "", last.source if last else None,
-                    None))
+                    None, None))
 
     def _remember(self, aor: str, whole) -> None:
         if whole:
@@ -164,6 +203,11 @@ class RemoteHooks(SipMetering):
 
     def on_call_ended(self, call_id, cause) -> None:
         self._send(("ended", call_id, cause))
+
+
+def _send_reply(held: tuple) -> None:
+    reply, txn, status, reason, headers = held
+    reply(txn, status, reason, headers)
 
 
 def binding_signature(bindings) -> tuple:

@@ -90,6 +90,7 @@ async def serve(config, index: int, sock: socket.socket) -> None:
     core = sip.core
     hooks.location = core.location
     core.registrar.replica = True  # bindings expire in the owner, which tells every worker
+    core.registrar.answer_through(lambda reply: hooks.hold_register_answers(reply, loop.call_soon))
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     send(("hello", sip.own_port))

@@ -69,9 +69,10 @@ async def hang_up(caller: SipUA, dialog):
     assert final.status == 200
 
 
-@pytest.fixture
-def lab(tmp_path):
-    """Node + Prometheus, torn down whatever happens."""
+@pytest.fixture(params=[1, 2], ids=["1-worker", "2-workers"])
+def lab(tmp_path, request):
+    """Node + Prometheus, torn down whatever happens; the node with one process or two SIP workers
+    (issue 11: every rule's count is the same whichever worker a call goes through)."""
     made = []
 
     def start(name: str, far_ends: dict[str, int], *, role="C", enforcement="enforce", rms=10):
@@ -83,8 +84,9 @@ def lab(tmp_path):
             {"name": "webex", "kind": "cloud_cmr", "match": ["domain:webex.com"],
              "target": f"127.0.0.1:{far_ends['webex']}"},
         ]
+        sip = {} if request.param == 1 else {"workers": request.param, "tcp": False}
         node = MeterProcess(tmp_path / name, node={"role": role}, licensing={"enforcement": enforcement},
-                            zones=zones)
+                            zones=zones, sip=sip)
         node.install_keys({"ROOM": 10, "RMS": rms})
         node.start()
         prom = PrometheusProcess(tmp_path / f"{name}-prom", [f"127.0.0.1:{node.admin_port}"]).start()

@@ -76,14 +76,17 @@ class Baresip:
             self.log.close()
 
 
-@pytest.fixture(params=["udp", "tcp"])
+@pytest.fixture(params=["udp", "tcp", "udp-2-workers"])
 def lab(tmp_path, request):
-    node = MeterProcess(tmp_path / "node", zones=[
+    """The node with one process (UDP or TCP phones), or with two SIP workers (issue 11: UDP only)."""
+    transport, _, workers = request.param.partition("-")
+    sip = {"workers": 2, "tcp": False} if workers else {}
+    node = MeterProcess(tmp_path / "node", sip=sip, zones=[
         {"name": "itsp", "kind": "third_party_sip", "peers": [f"{ITSP_HOST}/32"]}]).start()
     phones: list[Baresip] = []
 
     def phone(name: str, **kw) -> Baresip:
-        made = Baresip(tmp_path, name, node.sip_port, transport=request.param, **kw)
+        made = Baresip(tmp_path, name, node.sip_port, transport=transport, **kw)
         phones.append(made)
         return made
 

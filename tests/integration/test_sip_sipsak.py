@@ -16,9 +16,10 @@ from tests.integration.peers import MeterProcess, wait_until
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def node(tmp_path):
-    meter = MeterProcess(tmp_path / "node", sip={"min_expires": 60}).start()
+@pytest.fixture(params=[1, 2], ids=["1-worker", "2-workers"])
+def node(tmp_path, request):
+    sip = {"min_expires": 60} if request.param == 1 else {"min_expires": 60, "workers": 2, "tcp": False}
+    meter = MeterProcess(tmp_path / "node", sip=sip).start()
     yield meter
     meter.stop()
 
