@@ -195,6 +195,24 @@ def _cpu(fn) -> float:
 
 
 PRELOAD = 0  # --registrations: other endpoints registered before each run (cost must stay flat)
+GAP = 0.0  # --gap-ms: seconds between messages, each handled in its own loop wake-up (0: back to back)
+
+
+async def _spaced(h: Harness, messages: list[bytes]) -> float:
+    """CPU seconds to handle ``messages`` GAP seconds apart, as a node in service at a low rate
+    does (one datagram per wake-up); the sleeps themselves cost no CPU time of this process."""
+    from meter.gc_timer import FullCollections
+
+    collections = FullCollections(asyncio.get_running_loop(), 3600)
+    collections.start()
+    try:
+        start = time.process_time()
+        for data in messages:
+            h.feed(data, ENDPOINTS)
+            await asyncio.sleep(GAP)
+        return time.process_time() - start
+    finally:
+        collections.close()
 
 
 def _preload(h: Harness, count: int) -> None:
@@ -216,11 +234,15 @@ async def measure(flow: str, count: int) -> tuple[float, int]:
     _preload(h, count)
     if flow == "register":
         regs = _registers(count, 1)
+        if GAP:
+            return await _spaced(h, regs), count
         return _cpu(lambda: [h.feed(r, ENDPOINTS) for r in regs]), count
     if flow == "refresh":
         for r in _registers(count, 1):
             h.feed(r, ENDPOINTS)
         regs = _registers(count, 2)
+        if GAP:
+            return await _spaced(h, regs), count
         return _cpu(lambda: [h.feed(r, ENDPOINTS) for r in regs]), count
     if flow == "inline":
         regs = _registers(count, 1)
@@ -255,9 +277,15 @@ def main(argv=None) -> int:
                              "RFC 3261 Timer J), and how long one full collection takes with them alive")
     parser.add_argument("--registrations", type=int, default=0,
                         help="register this many other endpoints before each run (per-message cost at scale)")
+    parser.add_argument("--gap-ms", type=float, default=0.0,
+                        help="register/refresh flows only: this long between messages, each in its own loop "
+                             "wake-up (what a node in service at a low rate does; default 0, back to back)")
     args = parser.parse_args(argv)
-    global PRELOAD
+    global PRELOAD, GAP
     PRELOAD = args.registrations
+    GAP = args.gap_ms / 1000
+    if GAP and set(args.flows.split(",")) - {"register", "refresh"}:
+        parser.error("--gap-ms applies to the register and refresh flows only")
     results: dict[str, list[float]] = {}
     if args.codec is not None:
         from meter.codecs import sip

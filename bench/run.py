@@ -88,6 +88,9 @@ def plan_from(args) -> Plan:
         if path not in PATHS:
             raise SystemExit(f"unknown path {path!r}: expected some of {','.join(PATHS)}")
     for section, key, value in args.node_option:
+        if (section, key) == ("sip", "workers") and args.workers is None:
+            plan.workers = (int(value),)  # the older spelling of --workers N
+            continue
         plan.node_options.setdefault(section, {})[key] = value
     return plan
 

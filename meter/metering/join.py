@@ -25,8 +25,8 @@ from meter.licensing.ledger import ENFORCE, Decision, Ledger
 from meter.licensing.model import UNIT_SCALE, Kind, License, Media
 from meter.licensing.registrations import RegistrationCharge, RegistrationFacts, classify_registration
 from meter.licensing.usage import UsageMeter
-from meter.metering.tallies import RecordTallies
 from meter.logs import log_event
+from meter.metering.tallies import RecordTallies
 from meter.zones import ZoneSettings, ZoneTable
 
 log = logging.getLogger("meter.metering")

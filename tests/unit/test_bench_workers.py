@@ -100,6 +100,8 @@ def test_the_workers_option_reaches_the_plan():
     assert run.plan_from(run.build_parser().parse_args([])).workers == (1,)
     with pytest.raises(SystemExit):
         run.plan_from(run.build_parser().parse_args(["--workers", "0"]))
+    older = run.plan_from(run.build_parser().parse_args(["--node-option", "sip.workers=2"]))
+    assert older.workers == (2,) and "workers" not in older.node_options.get("sip", {})
 
 
 def test_make_bench_records_every_issue_11_table_by_default():
