@@ -55,3 +55,16 @@ class SipCounters:
         else:
             sp = data.find(b" ", 0, 32)
             self.requests_sent[method_label(data[:sp].decode("ascii", "replace"))] += 1
+
+
+def add_snapshots(a: dict, b: dict) -> dict:
+    """Two :meth:`SipCounters.snapshot` dicts added up (several SIP workers make one node)."""
+    out = dict(a)
+    for name, value in b.items():
+        if isinstance(value, dict):
+            merged = Counter(out.get(name) or {})
+            merged.update(value)
+            out[name] = dict(merged)
+        else:
+            out[name] = out.get(name, 0) + value
+    return out

@@ -21,7 +21,7 @@ from meter.codecs.sip import DEFAULT_LIMITS, Limits
 from meter.logs import log_event
 from meter.sip.clock import LoopClock
 from meter.sip.core import SipCore
-from meter.sip.counters import SipCounters
+from meter.sip.counters import SipCounters, add_snapshots
 from meter.sip.descriptors import connection_budget
 from meter.sip.peer import Peer
 from meter.sip.hooks import SipHooks
@@ -144,6 +144,9 @@ class SipNode:
 
     def stats(self) -> dict:
         out = self.counters.snapshot()
+        if self.remote is not None:  # the other workers' counts, as each last reported them (every second)
+            for snapshot in self.remote.counter_snapshots():
+                out = add_snapshots(out, snapshot)
         if self.core is not None:
             out["transactions_server"] = len(self.core.txns.servers)
             out["transactions_client"] = len(self.core.txns.clients)

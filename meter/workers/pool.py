@@ -342,5 +342,8 @@ class WorkerPool:
     def indexed_snapshots(self) -> list[tuple[int, WorkerStats]]:
         return sorted((index, worker.stats) for index, worker in self.workers.items())
 
+    def counter_snapshots(self) -> list[dict]:
+        return [worker.stats.counters for worker in self.workers.values()]
+
     def snapshots(self) -> list[WorkerStats]:
         return [worker.stats for worker in self.workers.values()]

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 
 from meter.admin.latency import LatencyHistogram
-from meter.sip.counters import SipCounters
+from meter.sip.counters import SipCounters, add_snapshots
 
 
 class WorkerStats:
@@ -25,7 +25,7 @@ class WorkerStats:
         self._carried_latency: tuple[list[int], float] = ([], 0.0)
 
     def update(self, counters: dict, latency_counts: list[int], latency_sum: float, calls: list[dict]) -> None:
-        self.counters = _add(self._carried, counters)
+        self.counters = add_snapshots(self._carried, counters)
         carried_counts, carried_sum = self._carried_latency
         self.latency_counts = _add_lists(carried_counts, latency_counts)
         self.latency_sum = carried_sum + latency_sum
@@ -47,7 +47,7 @@ def summed_counters(own: SipCounters, workers: list[WorkerStats]) -> SipCounters
         return own
     total = own.snapshot()
     for worker in workers:
-        total = _add(total, worker.counters)
+        total = add_snapshots(total, worker.counters)
     out = SipCounters()
     for name, value in total.items():
         setattr(out, name, Counter(value) if isinstance(value, dict) else value)
@@ -64,18 +64,6 @@ def summed_latency(own: LatencyHistogram | None, workers: list[WorkerStats]) -> 
         out.counts = _add_lists(out.counts, worker.latency_counts)
         out.sum += worker.latency_sum
     out.total = sum(out.counts)
-    return out
-
-
-def _add(a: dict, b: dict) -> dict:
-    out = dict(a)
-    for name, value in b.items():
-        if isinstance(value, dict):
-            merged = Counter(out.get(name) or {})
-            merged.update(value)
-            out[name] = dict(merged)
-        else:
-            out[name] = out.get(name, 0) + value
     return out
 
 
