@@ -9,7 +9,7 @@ import dataclasses
 import logging
 import socket
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 from meter.hooks import HookCaller
 from meter.logs import log_event
@@ -38,8 +38,9 @@ class ReplicatingHooks:
     def __init__(self, hooks, pool: "WorkerPool") -> None:
         self._hooks, self._pool = hooks, pool
         self.on_invite = pool.invite_verdict
+        self.on_call_ended = pool.call_ended
         for name in ("on_register", "on_register_failed", "on_call_answered", "on_call_confirmed",
-                     "on_call_ended", "trusted_source", "zone_closed", "route"):
+                     "trusted_source", "zone_closed", "route"):
             setattr(self, name, getattr(hooks, name))
 
     def on_bindings(self, aor, bindings, user_agent, source, now) -> None:
@@ -52,7 +53,8 @@ class ReplicatingHooks:
 
 
 class _Worker:
-    __slots__ = ("index", "process", "writer", "hello", "gone", "own_port", "ready", "calls", "reservations", "stats")
+    __slots__ = ("index", "process", "writer", "hello", "gone", "own_port", "ready", "calls", "reservations",
+                 "replicas_sent", "replica_at", "stats")
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -62,10 +64,16 @@ class _Worker:
         self.gone: asyncio.Future | None = None  # set when the link closed and what it left is released
         self.own_port = 0
         self.ready = False  # it has every binding: changes are sent to it from now on
-        self.calls: set[str] = set()  # Call-IDs allowed and not ended: ended by the owner if the worker is lost
+        # Call-ID -> its passes allowed here and not ended (a call may pass twice, see invite_verdict):
+        # ended by the owner if the worker is lost.
+        self.calls: Counter[str] = Counter()
         # AOR -> {Call-ID: (forwarded, source)} of REGISTERs allowed and not yet settled by the worker's
         # "bindings" (standalone: charged at the ask; inline: reserved until the upstream's 2xx)
         self.reservations: dict[str, dict[str, tuple[bool, object]]] = defaultdict(dict)  # (forwarded, source)
+        # Replicas are numbered per worker; an AOR's last number is kept until the worker's own
+        # change of it shows it had applied that replica (see _settle).
+        self.replicas_sent = 0
+        self.replica_at: dict[str, int] = {}
         self.stats = WorkerStats()
 
 
@@ -85,6 +93,7 @@ class WorkerPool:
         self._closing = False
         self._tasks: set[asyncio.Task] = set()
         self.siblings: frozenset[tuple[str, int]] = frozenset()  # (host, own port) of every worker
+        self._passes: dict[str, int] = {}  # Call-ID -> passes allowed and not ended, when more than one
         self._replicated: dict[str, tuple] = {}  # AOR -> signature of the bindings last sent whole
 
     def wrap(self, hooks) -> ReplicatingHooks:
@@ -139,7 +148,7 @@ class WorkerPool:
         """A new worker learns every binding the node holds before it serves."""
         location = self.core.location
         for aor in {b.aor for b in location.bindings()}:
-            worker.writer.write(frame(("replica", aor, location.bindings_of(aor))))
+            self._send_replica(worker, aor, location.bindings_of(aor))
 
     async def close(self) -> None:
         """Stop every worker; their calls end through the owner as they stop (node shutdown)."""
@@ -193,10 +202,10 @@ class WorkerPool:
                 info = self._in_order(worker, info)
                 verdict = self._guard.ask(self.invite_verdict, info, on_error=HOOK_FAILED, expect=Verdict)
                 if verdict.allowed:
-                    worker.calls.add(info.call_id)
+                    worker.calls[info.call_id] += 1
             worker.writer.write(frame(("verdict", rid, verdict)))
         elif kind == "bindings":
-            _, aor, whole, infos, user_agent, source, now, ack = message
+            _, aor, whole, infos, user_agent, source, now, seen, ack = message
             worker.reservations.pop(aor, None)
             self.core.location.replace(aor, whole)
             if now is None:  # re-sent after a mismatch: what the bindings are now
@@ -204,10 +213,11 @@ class WorkerPool:
             else:
                 self._guard.notify(hooks.on_bindings, aor, infos, user_agent, source, now)
             self.replicate(aor, origin=worker.index)
+            self._settle(worker, aor, seen)
             if ack is not None:  # every other worker has been sent them: the phone may be told
                 worker.writer.write(frame(("ack", ack)))
         elif kind == "refresh":
-            _, aor, updates, user_agent, source, now = message
+            _, aor, updates, user_agent, source, now, seen = message
             worker.reservations.pop(aor, None)
             location = self.core.location
             if not location.refresh(aor, updates):  # another worker changed it meanwhile
@@ -215,8 +225,9 @@ class WorkerPool:
                 return
             self._bindings_changed(aor, user_agent, source, now)
             self._send_others(frame(("refreshed", aor, updates)), worker.index)
+            self._settle(worker, aor, seen)
         elif kind == "want":
-            worker.writer.write(frame(("replica", message[1], self.core.location.bindings_of(message[1]))))
+            self._send_replica(worker, message[1], self.core.location.bindings_of(message[1]))
         elif kind == "register_failed":
             _, aor, call_id, cause = message
             calls = worker.reservations.get(aor)
@@ -228,8 +239,12 @@ class WorkerPool:
         elif kind == "confirmed":
             self._guard.notify(hooks.on_call_confirmed, message[1])
         elif kind == "ended":
-            worker.calls.discard(message[1])
-            self._guard.notify(hooks.on_call_ended, message[1], message[2])
+            call_id = message[1]
+            if worker.calls[call_id] > 1:
+                worker.calls[call_id] -= 1
+            else:
+                worker.calls.pop(call_id, None)
+            self._guard.notify(self.call_ended, call_id, message[2])
         elif kind == "stats":
             worker.stats.update(*message[1:])
         else:
@@ -252,10 +267,22 @@ class WorkerPool:
         """One call, one charge: a call that passes the node twice (inline: endpoint -> node -> lab
         registrar -> node -> endpoint) is a spiral that one process recognises by its dialog; here
         the second pass may reach another worker, so a Call-ID already charged is let through
-        uncharged (the ledger keys calls by Call-ID; the first pass's facts decide, as they would)."""
+        uncharged (the ledger keys calls by Call-ID; the first pass's facts decide, as they would);
+        the charge lasts until the last pass ends (``call_ended``)."""
         if ("sip", info.call_id) in self.hooks.m.calls:
+            self._passes[info.call_id] = self._passes.get(info.call_id, 1) + 1
             return ALLOW
         return self.hooks.on_invite(info)
+
+    def call_ended(self, call_id: str, cause: str) -> None:
+        """One pass of a call ended (any worker's ``on_call_ended``): released at the last one. The
+        first pass may end first: a worker lost, or a late duplicate INVITE asked again while the
+        first verdict was on the link and the first INVITE got cancelled meanwhile."""
+        passes = self._passes.pop(call_id, 1)
+        if passes > 1:
+            self._passes[call_id] = passes - 1
+            return
+        self.hooks.on_call_ended(call_id, cause)
 
     def _bindings_changed(self, aor: str, user_agent: str, source, now: float | None) -> None:
         """The metering hears of ``aor``'s bindings as the owner's location now holds them."""
@@ -280,20 +307,42 @@ class WorkerPool:
             self._replicated[aor] = signature
         else:
             self._replicated.pop(aor, None)
-        self._send_others(frame(("replica", aor, whole)), origin)
+        self._send_others(None, origin, aor, whole)
 
-    def _send_others(self, data: bytes, origin: int) -> None:
+    def _send_others(self, data: bytes | None, origin: int, aor: str = "", bindings=None) -> None:
+        """``data`` to every ready worker but ``origin``; a whole set (``bindings``) numbered per worker."""
         for worker in self.workers.values():
             if worker.index != origin and worker.ready and not worker.writer.is_closing():
-                worker.writer.write(data)
+                if bindings is None:
+                    worker.writer.write(data)
+                else:
+                    self._send_replica(worker, aor, bindings)
+
+    @staticmethod
+    def _send_replica(worker: _Worker, aor: str, bindings: list) -> None:
+        if worker.writer is None or worker.writer.is_closing():
+            return
+        worker.replicas_sent += 1
+        worker.replica_at[aor] = worker.replicas_sent
+        worker.writer.write(frame(("replica", aor, bindings, worker.replicas_sent)))
+
+    def _settle(self, worker: _Worker, aor: str, seen: int) -> None:
+        """A worker's change of ``aor`` made before it applied the owner's last replica of it (the
+        owner's expiry, another worker's change): that replica reaches it after its own change and
+        would undo it there. The owner's set now, sent after it, puts the worker right."""
+        if worker.replica_at.get(aor, 0) > seen:
+            self._send_replica(worker, aor, self.core.location.bindings_of(aor))
+        else:
+            worker.replica_at.pop(aor, None)
 
     # -- a worker lost -----------------------------------------------------------------------------
 
     def _lost(self, worker: _Worker) -> None:
         """Its dialogs and REGISTERs in flight died with it: nothing may stay charged for them."""
         hooks = self.hooks
-        for call_id in sorted(worker.calls):
-            self._guard.notify(hooks.on_call_ended, call_id, "worker lost")
+        for call_id, passes in sorted(worker.calls.items()):
+            for _ in range(passes):
+                self._guard.notify(self.call_ended, call_id, "worker lost")
         now = self.core.clock.time()
         for aor, call_ids in sorted(worker.reservations.items()):
             for call_id, (forwarded, _) in sorted(call_ids.items()):
@@ -302,7 +351,7 @@ class WorkerPool:
             if not any(forwarded for forwarded, _ in call_ids.values()) and not self.core.location.lookup(aor, now):
                 # standalone: charged at the ask, its binding never made: the charge follows the bindings
                 self._guard.notify(hooks.on_bindings, aor, (), "", None, self.core.clock.wall())
-        ended, released = len(worker.calls), sum(len(c) for c in worker.reservations.values())
+        ended, released = sum(worker.calls.values()), sum(len(c) for c in worker.reservations.values())
         worker.calls.clear()
         worker.reservations.clear()
         worker.stats.retire()

@@ -57,6 +57,8 @@ class RemoteHooks(SipMetering):
         self._held: tuple | None = None  # the 200 just asked for, until on_bindings claims it
         self._acks: dict[int, tuple] = {}  # ack id -> a held 200
         self._call_soon: Callable | None = None
+        self.replicas_seen = 0  # the number of the owner's last replica applied, told with each change
+        self._refreshing: str | None = None  # the alias whose refresh this worker allowed itself
 
     def zone_destination(self, host: str, port: int) -> bool:
         """A sibling worker is a place requests may be relayed to: an in-dialog request that
@@ -69,6 +71,7 @@ class RemoteHooks(SipMetering):
         if not info.contacts or info.contacts == ("*",) or (info.expires == 0 and len(info.contacts) == 1):
             return ALLOW  # a query, a removal: nothing to charge (as SipMetering.on_register)
         if self._charged(info.aor):
+            self._refreshing = info.aor
             return ALLOW  # a refresh: the alias is charged (R9, once per alias) and stays so
         return self._ask("register", info)
 
@@ -142,6 +145,7 @@ class RemoteHooks(SipMetering):
         elif kind == "replica":  # an AOR's bindings as the owner holds them now
             aor = message[1]
             self.location.replace(aor, message[2])
+            self.replicas_seen = message[3]
             self._remember(aor, self.location.bindings_of(aor))
         elif kind == "refreshed":  # another worker's refresh: new expiries, same bindings
             if not self.location.refresh(message[1], message[2]):
@@ -161,12 +165,15 @@ class RemoteHooks(SipMetering):
 
     def on_bindings(self, aor, bindings, user_agent, source, now) -> None:
         held, self._held = self._held, None
+        refreshing, self._refreshing = self._refreshing == aor, None
         whole = self.location.bindings_of(aor)
-        if whole and self._known.get(aor) == binding_signature(whole):
+        # Only a refresh this worker allowed itself (far from expiry) travels as expiries: one the
+        # owner answered may cross the owner's own change (its expiry), and goes whole.
+        if refreshing and whole and self._known.get(aor) == binding_signature(whole):
             # A refresh (the usual REGISTER): new expiry, CSeq and Call-ID only; every worker can
             # reach the alias already, so its 200 goes at once.
             updates = tuple((b.key, b.expires_at, b.cseq, b.call_id) for b in whole)
-            self._send(("refresh", aor, updates, user_agent, source, now))
+            self._send(("refresh", aor, updates, user_agent, source, now, self.replicas_seen))
             if held is not None:
                 _send_reply(held)
             return
@@ -175,7 +182,7 @@ class RemoteHooks(SipMetering):
         if held is not None:
             ack = next(self._ids)
             self._acks[ack] = held
-        self._send(("bindings", aor, whole, tuple(bindings), user_agent, source, now, ack))
+        self._send(("bindings", aor, whole, tuple(bindings), user_agent, source, now, self.replicas_seen, ack))
 
     def _send_whole(self, aor: str) -> None:
         from meter.sip.hooks import BindingInfo
@@ -187,7 +194,7 @@ class RemoteHooks(SipMetering):
         last = whole[-1] if whole else None
         self._remember(aor, whole)
         self._send(("bindings", aor, whole, infos, last.user_agent if last else "", last.source if last else None,
-                    None, None))
+                    None, self.replicas_seen, None))
 
     def _remember(self, aor: str, whole) -> None:
         if whole:
