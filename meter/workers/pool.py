@@ -46,7 +46,8 @@ class ReplicatingHooks:
 
 
 class _Worker:
-    __slots__ = ("index", "process", "writer", "reader_task", "own_port", "calls", "reservations", "stats")
+    __slots__ = ("index", "process", "writer", "reader_task", "own_port", "calls", "reservations", "registering",
+                 "stats")
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -56,6 +57,9 @@ class _Worker:
         self.own_port = 0
         self.calls: set[str] = set()  # Call-IDs allowed and not ended: ended by the owner if the worker is lost
         self.reservations: dict[str, set[str]] = defaultdict(set)  # AOR -> Call-IDs of inline REGISTERs in flight
+        # AOR -> Call-IDs of standalone REGISTERs allowed (so charged: SipMetering.on_register) whose
+        # bindings the worker has not sent yet: if it dies first, the charge has no binding behind it.
+        self.registering: dict[str, set[str]] = defaultdict(set)
         self.stats = WorkerStats()
 
 
@@ -169,8 +173,8 @@ class WorkerPool:
             _, question, rid, info = message
             if question == "register":
                 verdict = self._guard.ask(hooks.on_register, info, on_error=HOOK_FAILED, expect=Verdict)
-                if verdict.allowed and info.forwarded:
-                    worker.reservations[info.aor].add(info.call_id)
+                if verdict.allowed:
+                    (worker.reservations if info.forwarded else worker.registering)[info.aor].add(info.call_id)
             else:
                 verdict = self._guard.ask(self.invite_verdict, info, on_error=HOOK_FAILED, expect=Verdict)
                 if verdict.allowed:
@@ -179,6 +183,7 @@ class WorkerPool:
         elif kind == "bindings":
             _, aor, whole, infos, user_agent, source, now = message
             worker.reservations.pop(aor, None)
+            worker.registering.pop(aor, None)
             self.core.location.replace(aor, whole)
             self._guard.notify(hooks.on_bindings, aor, infos, user_agent, source, now)
             self.replicate(aor, origin=worker.index)
@@ -228,9 +233,14 @@ class WorkerPool:
         for aor, call_ids in sorted(worker.reservations.items()):
             for call_id in sorted(call_ids):
                 self._guard.notify(hooks.on_register_failed, aor, call_id, "worker lost")
-        ended, released = len(worker.calls), sum(len(c) for c in worker.reservations.values())
+        unbound = [aor for aor in sorted(worker.registering) if not self.core.location.bindings_of(aor)]
+        for aor in unbound:  # charged by its verdict, bound nowhere: the charge follows the bindings (none)
+            self._guard.notify(hooks.on_bindings, aor, (), "", None, self.core.clock.wall())
+        ended = len(worker.calls)
+        released = sum(len(c) for c in worker.reservations.values()) + len(unbound)
         worker.calls.clear()
         worker.reservations.clear()
+        worker.registering.clear()
         worker.stats.retire()
         if self._closing:
             return

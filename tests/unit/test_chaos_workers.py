@@ -185,10 +185,6 @@ def test_c2_r9_worker_1_lost_mid_call_releases_its_calls_and_keeps_the_bindings(
 # -- accounting bugs found by this harness --------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "meter/workers/pool.py WorkerPool._handle 'ask' records only inline (forwarded) REGISTERs in "
-    "worker.reservations; a standalone REGISTER's charge is confirmed only by the worker's later "
-    "'bindings', so _lost has nothing to release when the worker dies (or stops) before sending it"))
 @pytest.mark.parametrize("how", ["worker 1 lost", "node shutdown"])
 def test_bug_r9_register_allowed_by_the_owner_and_never_applied_by_worker_1_keeps_its_license(how):
     """dave (worker 1) registers; the owner allows and charges his desktop license at once
