@@ -47,7 +47,7 @@ class ReplicatingHooks:
 
 class _Worker:
     __slots__ = ("index", "process", "writer", "reader_task", "own_port", "calls", "reservations", "registering",
-                 "stats")
+                 "replicas_sent", "replica_at", "stats")
 
     def __init__(self, index: int) -> None:
         self.index = index
@@ -60,6 +60,10 @@ class _Worker:
         # AOR -> Call-IDs of standalone REGISTERs allowed (so charged: SipMetering.on_register) whose
         # bindings the worker has not sent yet: if it dies first, the charge has no binding behind it.
         self.registering: dict[str, set[str]] = defaultdict(set)
+        # Replicas are numbered per worker; an AOR's last number is kept until the worker's own
+        # bindings of it show it had applied that replica (see WorkerPool._handle "bindings").
+        self.replicas_sent = 0
+        self.replica_at: dict[str, int] = {}
         self.stats = WorkerStats()
 
 
@@ -127,7 +131,7 @@ class WorkerPool:
         """A new worker learns every binding the node holds before it serves."""
         location = self.core.location
         for aor in {b.aor for b in location.bindings()}:
-            worker.writer.write(frame(("replica", aor, location.bindings_of(aor))))
+            self._send_replica(worker, aor, location.bindings_of(aor))
 
     async def close(self) -> None:
         """Stop every worker; their calls end through the owner as they stop (node shutdown)."""
@@ -181,12 +185,19 @@ class WorkerPool:
                     worker.calls.add(info.call_id)
             worker.writer.write(frame(("verdict", rid, verdict)))
         elif kind == "bindings":
-            _, aor, whole, infos, user_agent, source, now = message
+            _, aor, whole, infos, user_agent, source, now, seen = message
             worker.reservations.pop(aor, None)
             worker.registering.pop(aor, None)
             self.core.location.replace(aor, whole)
             self._guard.notify(hooks.on_bindings, aor, infos, user_agent, source, now)
             self.replicate(aor, origin=worker.index)
+            if worker.replica_at.get(aor, 0) > seen:
+                # The owner changed this AOR (its expiry) after the last replica the worker had
+                # applied when it wrote these bindings: that replica reaches it after its own
+                # change and would undo it. The owner's set now, sent after it, puts it right.
+                self._send_replica(worker, aor, self.core.location.bindings_of(aor))
+            else:
+                worker.replica_at.pop(aor, None)
         elif kind == "register_failed":
             _, aor, call_id, cause = message
             calls = worker.reservations.get(aor)
@@ -218,10 +229,18 @@ class WorkerPool:
         """``aor``'s bindings as the owner now holds them, to every worker but the one they came from."""
         if not self.workers:
             return
-        data = frame(("replica", aor, self.core.location.bindings_of(aor)))
+        bindings = self.core.location.bindings_of(aor)
         for worker in self.workers.values():
-            if worker.index != origin and worker.writer is not None and not worker.writer.is_closing():
-                worker.writer.write(data)
+            if worker.index != origin:
+                self._send_replica(worker, aor, bindings)
+
+    @staticmethod
+    def _send_replica(worker: _Worker, aor: str, bindings: list) -> None:
+        if worker.writer is None or worker.writer.is_closing():
+            return
+        worker.replicas_sent += 1
+        worker.replica_at[aor] = worker.replicas_sent
+        worker.writer.write(frame(("replica", aor, bindings, worker.replicas_sent)))
 
     # -- a worker lost -----------------------------------------------------------------------------
 

@@ -43,6 +43,7 @@ class RemoteHooks(SipMetering):
         self.location = None  # the worker core's location: each change sends the AOR's whole set
         self.closed = False
         self.siblings: frozenset[tuple[str, int]] = frozenset()  # every worker's own address
+        self.replicas_seen = 0  # the number of the owner's last replica applied, told with each change
 
     def zone_destination(self, host: str, port: int) -> bool:
         """A sibling worker is a place requests may be relayed to: an in-dialog request that
@@ -88,6 +89,7 @@ class RemoteHooks(SipMetering):
             self.answered(message[1], message[2])
         elif kind == "replica":  # an AOR's bindings as the owner holds them now
             self.location.replace(message[1], message[2])
+            self.replicas_seen = message[3]
         elif kind == "siblings":
             self.siblings = message[1]
         elif kind == "stop":
@@ -101,7 +103,7 @@ class RemoteHooks(SipMetering):
 
     def on_bindings(self, aor, bindings, user_agent, source, now) -> None:
         whole = self.location.bindings_of(aor) if self.location is not None else []
-        self._send(("bindings", aor, whole, tuple(bindings), user_agent, source, now))
+        self._send(("bindings", aor, whole, tuple(bindings), user_agent, source, now, self.replicas_seen))
 
     def on_call_answered(self, call_id, offer_sdp, answer_sdp) -> None:
         self._send(("answered", call_id, offer_sdp, answer_sdp))

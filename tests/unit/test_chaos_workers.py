@@ -65,16 +65,10 @@ def test_c2_verdict_arriving_after_the_callers_cancel_charges_nothing_in_the_end
     assert_drains_to_zero(w)
 
 
-REPLICA_BUG = pytest.mark.xfail(strict=True, reason=(
-    "meter/workers/pool.py WorkerPool._handle 'bindings': replicate(aor, origin=worker.index) skips "
-    "the worker the bindings came from, but the owner's own expiry replica ([]) crossed them on the "
-    "link and is applied after them: worker 1 drops the refreshed binding the owner keeps"))
-
-
 @pytest.mark.parametrize("order", [
     "owner expires, then hears the refresh",
-    pytest.param("owner hears the refresh before its expiry", marks=REPLICA_BUG),
-    pytest.param("refresh applied on worker 1, owner expires before hearing it", marks=REPLICA_BUG),
+    "owner hears the refresh before its expiry",
+    "refresh applied on worker 1, owner expires before hearing it",
 ])
 def test_bug_r9_register_refresh_on_worker_1_while_the_owner_expires_the_binding(order):
     """alice registers for 60 s through worker 1 and refreshes just before the end. The owner
