@@ -47,7 +47,7 @@ OWNER_PORT = 5070        # worker 0's own port
 FIRST_WORKER_PORT = 5071  # worker 1's; a restarted worker 1 gets the next one (a new ephemeral port)
 # These endpoints send every request to the node's shared port (a UA with an outbound proxy, as in
 # tests/integration/test_sip_workers.py): their in-dialog requests may reach the other worker.
-OUTBOUND_PROXY = ("carol", "gw")
+OUTBOUND_PROXY = ("bob", "carol", "gw")
 OWNER, WORKER = "owner", "worker"  # the two directions of the link, by who receives
 
 
