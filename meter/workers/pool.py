@@ -8,7 +8,7 @@ import asyncio
 import logging
 import socket
 import sys
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 from meter.hooks import HookCaller
 from meter.logs import log_event
@@ -32,8 +32,9 @@ class ReplicatingHooks:
     def __init__(self, hooks, pool: "WorkerPool") -> None:
         self._hooks, self._pool = hooks, pool
         self.on_invite = pool.invite_verdict
+        self.on_call_ended = pool.call_ended
         for name in ("on_register", "on_register_failed", "on_call_answered", "on_call_confirmed",
-                     "on_call_ended", "trusted_source", "zone_closed", "route"):
+                     "trusted_source", "zone_closed", "route"):
             setattr(self, name, getattr(hooks, name))
 
     def on_bindings(self, aor, bindings, user_agent, source, now) -> None:
@@ -55,7 +56,9 @@ class _Worker:
         self.writer: asyncio.StreamWriter | None = None
         self.reader_task: asyncio.Task | None = None
         self.own_port = 0
-        self.calls: set[str] = set()  # Call-IDs allowed and not ended: ended by the owner if the worker is lost
+        # Call-ID -> its passes allowed here and not ended (two: a second ask, see invite_verdict):
+        # ended by the owner if the worker is lost.
+        self.calls: Counter[str] = Counter()
         self.reservations: dict[str, set[str]] = defaultdict(set)  # AOR -> Call-IDs of inline REGISTERs in flight
         # AOR -> Call-IDs of standalone REGISTERs allowed (so charged: SipMetering.on_register) whose
         # bindings the worker has not sent yet: if it dies first, the charge has no binding behind it.
@@ -83,6 +86,8 @@ class WorkerPool:
         self._closing = False
         self._tasks: set[asyncio.Task] = set()
         self.siblings: frozenset[tuple[str, int]] = frozenset()  # (host, own port) of every worker
+        # Call-ID -> passes allowed and not ended, when more than one (see invite_verdict).
+        self._passes: dict[str, int] = {}
 
     def wrap(self, hooks) -> ReplicatingHooks:
         return ReplicatingHooks(hooks, self)
@@ -182,7 +187,7 @@ class WorkerPool:
             else:
                 verdict = self._guard.ask(self.invite_verdict, info, on_error=HOOK_FAILED, expect=Verdict)
                 if verdict.allowed:
-                    worker.calls.add(info.call_id)
+                    worker.calls[info.call_id] += 1
             worker.writer.write(frame(("verdict", rid, verdict)))
         elif kind == "bindings":
             _, aor, whole, infos, user_agent, source, now, seen = message
@@ -209,8 +214,12 @@ class WorkerPool:
         elif kind == "confirmed":
             self._guard.notify(hooks.on_call_confirmed, message[1])
         elif kind == "ended":
-            worker.calls.discard(message[1])
-            self._guard.notify(hooks.on_call_ended, message[1], message[2])
+            call_id = message[1]
+            if worker.calls[call_id] > 1:
+                worker.calls[call_id] -= 1
+            else:
+                worker.calls.pop(call_id, None)
+            self._guard.notify(self.call_ended, message[1], message[2])
         elif kind == "stats":
             worker.stats.update(*message[1:])
         else:
@@ -220,10 +229,22 @@ class WorkerPool:
         """One call, one charge: a call that passes the node twice (inline: endpoint -> node -> lab
         registrar -> node -> endpoint) is a spiral that one process recognises by its dialog; here
         the second pass may reach another worker, so a Call-ID already charged is let through
-        uncharged (the ledger keys calls by Call-ID; the first pass's facts decide, as they would)."""
+        uncharged (the ledger keys calls by Call-ID; the first pass's facts decide, as they would).
+        The charge then lasts until the last pass ends (``call_ended``): the first may end first (a
+        worker lost, or a second ask while the first verdict was on the link and its INVITE got
+        cancelled meanwhile)."""
         if ("sip", info.call_id) in self.hooks.m.calls:
+            self._passes[info.call_id] = self._passes.get(info.call_id, 1) + 1
             return ALLOW
         return self.hooks.on_invite(info)
+
+    def call_ended(self, call_id: str, cause: str) -> None:
+        """One pass of a call ended (any worker's ``on_call_ended``): released at the last one."""
+        passes = self._passes.pop(call_id, 1)
+        if passes > 1:
+            self._passes[call_id] = passes - 1
+            return
+        self.hooks.on_call_ended(call_id, cause)
 
     def replicate(self, aor: str, *, origin: int) -> None:
         """``aor``'s bindings as the owner now holds them, to every worker but the one they came from."""
@@ -247,15 +268,16 @@ class WorkerPool:
     def _lost(self, worker: _Worker) -> None:
         """Its dialogs and REGISTERs in flight died with it: nothing may stay charged for them."""
         hooks = self.hooks
-        for call_id in sorted(worker.calls):
-            self._guard.notify(hooks.on_call_ended, call_id, "worker lost")
+        for call_id, passes in sorted(worker.calls.items()):
+            for _ in range(passes):
+                self._guard.notify(self.call_ended, call_id, "worker lost")
         for aor, call_ids in sorted(worker.reservations.items()):
             for call_id in sorted(call_ids):
                 self._guard.notify(hooks.on_register_failed, aor, call_id, "worker lost")
         unbound = [aor for aor in sorted(worker.registering) if not self.core.location.bindings_of(aor)]
         for aor in unbound:  # charged by its verdict, bound nowhere: the charge follows the bindings (none)
             self._guard.notify(hooks.on_bindings, aor, (), "", None, self.core.clock.wall())
-        ended = len(worker.calls)
+        ended = sum(worker.calls.values())
         released = sum(len(c) for c in worker.reservations.values()) + len(unbound)
         worker.calls.clear()
         worker.reservations.clear()
