@@ -35,11 +35,11 @@ from meter.metering.sip import SipMetering
 from meter.sip.core import SipCore
 from meter.sip.peer import Peer
 from meter.sip.routing import Advertised
-from meter.workers.link import _LENGTH
+from meter.workers.link import _LENGTH, frame
 from meter.workers.pool import WorkerPool, _Worker
 from meter.workers.remote import RemoteHooks
 from meter import catalogs
-from tests.chaos_harness import _CATALOG, _ZONES, NODE_NAME, POOLS, World
+from tests.chaos_harness import _CATALOG, _ZONES, NODE_NAME, World
 
 HOST = "10.0.0.1"
 SHARED_PORT = 5060
@@ -175,7 +175,7 @@ class WorkersWorld(World):
         the worker applies what came before it, closes its core, refuses what it still waits for."""
         self.pool._closing = True
         link = self.pool.workers[1]
-        link.writer.write(_frame(("stop",)))
+        link.writer.write(frame(("stop",)))
         self._deliver_to_owner()  # the owner answers what the worker asked before it read "stop"
         queue = self.links[WORKER]
         while queue and self.hooks.apply(queue.popleft()):
@@ -295,7 +295,8 @@ class WorkersWorld(World):
         owner_aors = {b.aor for b in self.core.location.bindings()}
         metered_aors = {alias for (_, alias) in m.registrations}
         if owner_aors != metered_aors:
-            problems.append(f"aliases bound in the owner {sorted(owner_aors)} != aliases metered {sorted(metered_aors)}")
+            problems.append(f"aliases bound in the owner {sorted(owner_aors)} != "
+                            f"aliases metered {sorted(metered_aors)}")
         now = self.clock.time()
         owner, replica = _live(self.core, now), _live(self.worker, now)
         if owner != replica:
@@ -338,12 +339,3 @@ class WorkersWorld(World):
 
 def _live(core: SipCore, now: float) -> set[tuple]:
     return {(b.aor, b.contact, b.expires_at, b.call_id, b.cseq) for b in core.location.bindings() if b.expires_at > now}
-
-
-def _frame(message: tuple) -> bytes:
-    from meter.workers.link import frame
-
-    return frame(message)
-
-
-__all__ = ["WorkersWorld", "OWNER", "WORKER", "POOLS", "shard"]

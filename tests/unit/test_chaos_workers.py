@@ -5,9 +5,9 @@ INVITE / answers / ACK / CANCEL / BYE, retransmissions, held messages, silence, 
 an owner (worker 0, the one ledger) and worker 1, whose questions, verdicts, replicated bindings and
 outcomes travel a link that delivers them late: the next one to three messages either way at any
 moment, or everything at once. Endpoints are spread over the workers by their address
-(SO_REUSEPORT); carol and the trunk (and bob) send by the shared port, so their in-dialog requests may reach
-the worker that does not hold the dialog and are relayed to the one that does. Worker 1 may be lost
-(killed) at any moment, with part of what it wrote still unread.
+(SO_REUSEPORT); bob, carol and the trunk send by the shared port, so their in-dialog requests may
+reach the worker that does not hold the dialog and are relayed to the one that does. Worker 1 may
+be lost (killed) at any moment, with part of what it wrote still unread.
 
 Whenever the link is quiet: the ledger never goes negative and holds exactly what the metering
 records imply (R9: one license per alias; C4: RMS in half units), which is exactly the union of
@@ -15,7 +15,9 @@ what both workers carry (a call is charged once whichever worker holds it, C2), 
 location holds, and worker 1's replica of it. At the end, once the link has delivered everything
 and time has run past every timer, every in-use count is zero.
 
-Then the orderings that matter for workers, one by one.
+Then the same over a few dense calls, and the orderings that matter for workers one by one.
+``test_bug_*`` reproduce three bugs this world found in meter/workers/pool.py (fixed there; they
+stay as regression tests).
 """
 
 from __future__ import annotations
