@@ -288,8 +288,19 @@ class World:
         if len(ledger) != len(m.calls) + len(m.registrations):
             problems.append(f"ledger has {len(ledger)} charges, metering {len(m.calls)} calls + "
                             f"{len(m.registrations)} registrations")
-        # The node's own tables: every call it carries is charged, every registered alias holds
-        # its license, and nothing is charged that the node no longer carries.
+        # Enforce never lets a pool run over (R11, P1); observe may, and counts it.
+        if self.enforcement == "enforce":
+            for lic in POOLS:
+                cap = snap.licenses[lic].capacity * UNIT_SCALE[lic]
+                if ledger.in_use(lic) > cap:
+                    problems.append(f"enforce: {lic} in use {ledger.in_use(lic)} > capacity {cap}")
+        return problems + self.node_problems()
+
+    def node_problems(self) -> list[str]:
+        """The node's own tables: every call it carries is charged, every registered alias holds
+        its license, and nothing is charged that the node no longer carries."""
+        m = self.metering
+        problems = []
         node_calls = {c.call_id for c in self.core.dialogs}
         metered_calls = {cid for (_, cid) in m.calls}
         if node_calls != metered_calls:
@@ -298,12 +309,6 @@ class World:
         metered_aors = {alias for (_, alias) in m.registrations}
         if node_aors != metered_aors:
             problems.append(f"aliases bound on the node {sorted(node_aors)} != aliases metered {sorted(metered_aors)}")
-        # Enforce never lets a pool run over (R11, P1); observe may, and counts it.
-        if self.enforcement == "enforce":
-            for lic in POOLS:
-                cap = snap.licenses[lic].capacity * UNIT_SCALE[lic]
-                if ledger.in_use(lic) > cap:
-                    problems.append(f"enforce: {lic} in use {ledger.in_use(lic)} > capacity {cap}")
         c = self.core.counters
         if c.internal_errors or c.hook_errors or self.core.txns.errors:
             problems.append(f"node errors: internal {c.internal_errors}, policy {c.hook_errors}, "
@@ -357,19 +362,23 @@ class World:
         if hold:
             self.held.append((data, ep.peer))
             return
-        self.core.receive_datagram(data, ep.peer)
+        self._to_node(data, ep.peer)
         self._after()
 
     def retransmit(self, index: int) -> None:
         """Any message an endpoint ever sent, again (RFC 3261 §17 retransmission, or a late duplicate)."""
         data, peer = self.history[index]
-        self.core.receive_datagram(data, peer)
+        self._to_node(data, peer)
         self._after()
 
     def release_held(self, index: int) -> None:
         data, peer = self.held.pop(index)
-        self.core.receive_datagram(data, peer)
+        self._to_node(data, peer)
         self._after()
+
+    def _to_node(self, data: bytes, source: Peer) -> None:
+        """An endpoint's datagram reaches the node (``tests.chaos_workers``: one of its workers)."""
+        self.core.receive_datagram(data, source)
 
     def branch(self) -> str:
         return f"z9hG4bKchaos{next(self._branches)}"

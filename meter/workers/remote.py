@@ -121,6 +121,8 @@ class RemoteHooks(SipMetering):
 
         def reply_when_known(txn, status, reason=None, headers=()) -> None:
             if 200 <= status < 300 and txn.request.method == "REGISTER" and not self.closed:
+                if self._held is not None:  # unclaimed: on_bindings follows its 200 at once or never
+                    _send_reply(self._held)
                 held = self._held = (reply, txn, status, reason, headers)
                 call_soon(self._release_unclaimed, held)  # a query changes nothing: answered at once
                 return

@@ -215,8 +215,9 @@ CALL_OPS = ("progress", "progress", "progress", "answer", "ack", "cancel", "answ
             "retransmit", "retransmit", "time", "deliver_held")
 
 
-def run_call_ops(w: World, calls, ops) -> None:
-    """Interpret ``(op, call index, choice)`` triples; accounting is checked after each (autocheck)."""
+def run_call_ops(w: World, calls, ops, more=None) -> None:
+    """Interpret ``(op, call index, choice)`` triples; accounting is checked after each (autocheck).
+    ``more(op, choice)`` interprets ops of its own (tests/unit/test_chaos_workers.py: the link)."""
     sims = [w.invite(w.endpoint(a), w.endpoint(b), media) for (a, b), media in calls]
     for op, i, c in ops:
         call = sims[i % len(sims)]
@@ -241,6 +242,8 @@ def run_call_ops(w: World, calls, ops) -> None:
             w.advance(STEPS_IN_TIME[c % len(STEPS_IN_TIME)])
         elif op == "deliver_held" and w.held:
             w.release_held(c % len(w.held))
+        elif more is not None:
+            more(op, c)
 
 
 @pytest.mark.parametrize("licenses, enforcement", [(GENEROUS, "enforce"), (TINY, "enforce"), (TINY, "observe")],
