@@ -4,7 +4,8 @@ A node (standalone, UDP) with 5,000 registered endpoints takes closed-loop refre
 the generator (16 sockets, each endpoint always on the same one, as a device keeps its port); for
 each worker count, per repeat: REGISTERs answered per second, each node process's CPU per
 REGISTER (user + system, from /proc), the node's total, and how the kernel spread the requests
-over the workers (``meter_sip_worker_requests_total``). The generator runs on the same cores: on a
+over the workers (``meter_sip_worker_requests_total``), and the RSS of the node's process tree idle
+and with the endpoints registered. The generator runs on the same cores: on a
 2-core box, N workers share them with it, which is what this measures.
 """
 
@@ -18,7 +19,7 @@ import urllib.request
 from pathlib import Path
 
 from bench.loadgen import LoadSpec, run_load
-from bench.services import LOOPBACK, Services, _tree, free_port
+from bench.services import LOOPBACK, Services, _tree, free_port, rss_bytes
 
 ENDPOINTS = 5000
 REFRESHES = 20000
@@ -44,8 +45,11 @@ def measure(workers: int, rundir: Path, endpoints: int, refreshes: int) -> dict:
     options = {"sip": {"workers": workers}, "limits": {"requests": 0, "registrations": 0}}
     with Services(rundir) as services:
         node = services.node(port, admin, options=options)
+        time.sleep(1.5)
+        idle = rss_bytes(node.pid)  # the node's process tree: every worker
         run_load(LoadSpec((LOOPBACK, port), endpoints=endpoints, sockets=16))
         time.sleep(1.5)  # the workers' counts reach the owner every second
+        registered = rss_bytes(node.pid)
         pids = _tree(node.pid)
         before, spread_before = [_cpu(p) for p in pids], _spread(admin) if workers > 1 else []
         start = time.perf_counter()
@@ -57,7 +61,8 @@ def measure(workers: int, rundir: Path, endpoints: int, refreshes: int) -> dict:
         spread = [a - b for a, b in zip(_spread(admin), spread_before)] if workers > 1 else []
     answered = result.answered
     return {"rate": answered / wall, "per_process": [u / answered * 1e6 for u in used],
-            "total": sum(used) / answered * 1e6, "spread": spread, "lost": refreshes - answered}
+            "total": sum(used) / answered * 1e6, "spread": spread, "lost": refreshes - answered,
+            "rss": (idle / 2**20, registered / 2**20)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,8 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--refreshes", type=int, default=REFRESHES)
     args = p.parse_args(argv)
     counts = [int(n) for n in args.workers.split(",")]
-    print("| workers | REGISTER/s | node CPU us/REGISTER | per process (owner first) | requests per worker | lost |")
-    print("|---|---|---|---|---|---|")
+    print("| workers | REGISTER/s | node CPU us/REGISTER | per process (owner first) | requests per worker | lost "
+          "| RSS idle / registered MiB |")
+    print("|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory(prefix="meter-bench-workers-") as tmp:
         for n in counts:
             runs = [measure(n, Path(tmp) / f"w{n}-{r}", args.endpoints, args.refreshes) for r in range(args.repeats)]
@@ -77,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {n} | {statistics.median(r['rate'] for r in runs):,.0f} | "
                   f"{statistics.median(r['total'] for r in runs):.0f} | "
                   f"{', '.join(f'{c:.0f}' for c in best['per_process'])} | "
-                  f"{', '.join(map(str, best['spread'])) or 'all'} | {sum(r['lost'] for r in runs)} |", flush=True)
+                  f"{', '.join(map(str, best['spread'])) or 'all'} | {sum(r['lost'] for r in runs)} | "
+                  f"{statistics.median(r['rss'][0] for r in runs):.1f} / {statistics.median(r['rss'][1] for r in runs):.1f} |",
+                  flush=True)
     return 0
 
 
