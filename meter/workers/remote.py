@@ -56,7 +56,6 @@ class RemoteHooks(SipMetering):
         # moment the phone sees its 200 finds it whichever worker it reaches (one process: at once).
         self._held: tuple | None = None  # the 200 just asked for, until on_bindings claims it
         self._acks: dict[int, tuple] = {}  # ack id -> a held 200
-        self._call_soon: Callable | None = None
         self.replicas_seen = 0  # the number of the owner's last replica applied, told with each change
         self._refreshing: str | None = None  # the alias whose refresh this worker allowed itself
 
@@ -117,7 +116,6 @@ class RemoteHooks(SipMetering):
 
     def hold_register_answers(self, reply: Callable, call_soon: Callable) -> Callable:
         """The registrar's ``reply``, wrapped: a REGISTER's 2xx is held for :meth:`on_bindings`."""
-        self._call_soon = call_soon
 
         def reply_when_known(txn, status, reason=None, headers=()) -> None:
             if 200 <= status < 300 and txn.request.method == "REGISTER" and not self.closed:
@@ -187,15 +185,11 @@ class RemoteHooks(SipMetering):
         self._send(("bindings", aor, whole, tuple(bindings), user_agent, source, now, self.replicas_seen, ack))
 
     def _send_whole(self, aor: str) -> None:
-        from meter.sip.hooks import BindingInfo
-
+        """The owner asked again ("resend"): the whole set; it tells the metering what it now holds."""
         whole = self.location.bindings_of(aor)
-        now = self._clock()
-        infos = tuple(BindingInfo(b.contact, b.remaining(now), b.source, b.user_agent)
-                      for b in whole if b.expires_at > now)
         last = whole[-1] if whole else None
         self._remember(aor, whole)
-        self._send(("bindings", aor, whole, infos, last.user_agent if last else "", last.source if last else None,
+        self._send(("bindings", aor, whole, (), last.user_agent if last else "", last.source if last else None,
                     None, self.replicas_seen, None))
 
     def _remember(self, aor: str, whole) -> None:

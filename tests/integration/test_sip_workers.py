@@ -330,3 +330,33 @@ def _zombie(pid: int) -> bool:
             return f.read().split(")")[-1].split()[0] == "Z"
     except OSError:
         return True
+
+
+def test_two_workers_enforce_one_capacity_r11(tmp_path):
+    """R11 (and P3 the same way): the capacity is the node's, applied once in the one ledger. 24
+    endpoints spread over two workers against 16 room licenses: exactly 16 are registered and
+    charged, 8 refused 503, whichever worker each reached; each refused one stays refused on retry."""
+
+    async def scenario():
+        node = MeterProcess(tmp_path / "node", sip={"workers": 2, "tcp": False},
+                            licensing={"enforcement": "enforce"},
+                            extra="[limits]\nrequests = 0\nregistrations = 0\n")
+        node.install_keys({"ROOM": 16})
+        node.start()
+        proxy = ("127.0.0.1", node.sip_port)
+        endpoints = [await SipUA.open(f"cap{i:02d}", proxy, domain="lab.test") for i in range(24)]
+        try:
+            answers = [(await register(ua, ROOM, expires=600)).status for ua in endpoints]
+            assert sorted(answers) == [200] * 16 + [503] * 8, answers
+            assert in_use(node)["room"] == 16
+            refused = [ua for ua, status in zip(endpoints, answers) if status == 503]
+            assert [(await register(ua, ROOM, expires=600)).status for ua in refused] == [503] * 8
+            assert len(node.api("registrations")) == 16
+            spread = metric(node.metrics_text(), 'meter_sip_worker_requests_total{worker="0"}')
+            assert 0 < spread < 32, "every REGISTER reached one worker"  # 24 + 8 in all
+        finally:
+            for ua in endpoints:
+                ua.close()
+            node.stop()
+
+    asyncio.run(scenario())
