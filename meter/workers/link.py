@@ -10,7 +10,7 @@ import asyncio
 import pickle
 import socket
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 _LENGTH = struct.Struct("!I")
@@ -22,23 +22,6 @@ MAX_FRAME_BYTES = 16 * 1024 * 1024
 def frame(message: tuple) -> bytes:
     body = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
     return _LENGTH.pack(len(body)) + body
-
-
-async def frames(reader: asyncio.StreamReader) -> AsyncIterator[tuple]:
-    """Each message until the other side closes (then the iteration ends)."""
-    while True:
-        try:
-            head = await reader.readexactly(_LENGTH.size)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            return
-        (size,) = _LENGTH.unpack(head)
-        if size > MAX_FRAME_BYTES:
-            raise ValueError(f"worker link: a frame of {size} bytes")
-        try:
-            body = await reader.readexactly(size)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            return
-        yield pickle.loads(body)
 
 
 class FrameProtocol(asyncio.Protocol):
