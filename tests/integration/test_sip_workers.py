@@ -66,6 +66,24 @@ def first_worker_port(node: MeterProcess) -> int:
     return int(re.search(r"workers\.worker_started\b.*?own_port\W+(\d+)", node.log_path.read_text()).group(1))
 
 
+def two_workers(tmp_path, keys: dict[str, int], *, sip: dict | None = None, zones: list | None = None) -> MeterProcess:
+    """A started node with two SIP workers, enforcing ``keys``; [limits] off: every UA of these
+    tests is behind 127.0.0.1."""
+    node = MeterProcess(tmp_path / "node", sip={"workers": 2, "tcp": False, **(sip or {})},
+                        licensing={"enforcement": "enforce"}, zones=zones,
+                        extra="[limits]\nrequests = 0\nregistrations = 0\n")
+    node.install_keys(keys)
+    return node.start()
+
+
+def close_all(node: MeterProcess, *groups) -> None:
+    """Every UA, answering endpoint and trunk (anything with close()), then the node."""
+    for group in groups:
+        for thing in group:
+            thing.close()
+    node.stop()
+
+
 class Answering:
     """A registered endpoint that answers each INVITE 200 and keeps its side of the dialog, so it
     can hang up itself; BYEs from the other side get 200."""
@@ -104,13 +122,9 @@ class Answering:
 def test_two_workers_share_one_ledger_and_one_location(tmp_path):
     async def scenario():
         far = await SipUA.open("itsp", ("127.0.0.1", 9), domain="far.example")
-        node = MeterProcess(tmp_path / "node", sip={"workers": 2, "tcp": False},
-                            licensing={"enforcement": "enforce"}, zones=[
-                                {"name": "itsp", "kind": "third_party_sip", "match": ["domain:itsp.example"],
-                                 "target": f"127.0.0.1:{far.port}"}],
-                            extra="[limits]\nrequests = 0\nregistrations = 0\n")  # 31 UAs behind 127.0.0.1
-        node.install_keys({"ROOM": ENDPOINTS + 5, "RMS": 10})
-        node.start()
+        node = two_workers(tmp_path, {"ROOM": ENDPOINTS + 5, "RMS": 10}, zones=[
+            {"name": "itsp", "kind": "third_party_sip", "match": ["domain:itsp.example"],
+             "target": f"127.0.0.1:{far.port}"}])
         trunk = Callee(far, SDP_ANSWER)
         proxy = ("127.0.0.1", node.sip_port)
         endpoints = [await SipUA.open(f"ep{i:02d}", proxy, domain="lab.test") for i in range(ENDPOINTS)]
@@ -183,12 +197,7 @@ def test_two_workers_share_one_ledger_and_one_location(tmp_path):
             assert metric(text, "meter_sip_workers ") == 2 and metric(text, "meter_sip_worker_restarts_total ") == 1
             promtool_check_metrics(text)  # one valid exposition for the whole node
         finally:
-            for endpoint in answering:
-                endpoint.close()
-            trunk.close()
-            for ua in endpoints:
-                ua.close()
-            node.stop()
+            close_all(node, answering, [trunk], endpoints)
         assert not any(os.path.exists(f"/proc/{pid}") for pid in new_pids), "a worker outlived the node"
 
     asyncio.run(scenario())
@@ -203,14 +212,10 @@ def test_two_workers_inline_through_kamailio_charge_each_call_once(tmp_path, kam
 
     async def scenario():
         far = await SipUA.open("itsp", ("127.0.0.1", 9), domain="far.example", host="127.0.0.2")
-        node = MeterProcess(tmp_path / "node", sip={"workers": 2, "tcp": False, "mode": "inline",
-                                                    "upstream": f"127.0.0.1:{kamailio.port}"},
-                            licensing={"enforcement": "enforce"}, zones=[
-                                {"name": "itsp", "kind": "third_party_sip", "match": ["domain:itsp.example"],
-                                 "peers": ["127.0.0.2/32"], "target": f"127.0.0.2:{far.port}"}],
-                            extra="[limits]\nrequests = 0\nregistrations = 0\n")
-        node.install_keys({"ROOM": 20, "RMS": 4})
-        node.start()
+        node = two_workers(tmp_path, {"ROOM": 20, "RMS": 4},
+                           sip={"mode": "inline", "upstream": f"127.0.0.1:{kamailio.port}"}, zones=[
+                               {"name": "itsp", "kind": "third_party_sip", "match": ["domain:itsp.example"],
+                                "peers": ["127.0.0.2/32"], "target": f"127.0.0.2:{far.port}"}])
         trunk = Callee(far, SDP_ANSWER)
         proxy = ("127.0.0.1", node.sip_port)
         count = 16
@@ -255,12 +260,7 @@ def test_two_workers_inline_through_kamailio_charge_each_call_once(tmp_path, kam
                 await hang_up(far, dialog)
                 wait_until(lambda: in_use(node)["rms"] == 0, 5, "the RMS back at BYE")
         finally:
-            for endpoint in answering:
-                endpoint.close()
-            trunk.close()
-            for ua in endpoints:
-                ua.close()
-            node.stop()
+            close_all(node, answering, [trunk], endpoints)
 
     asyncio.run(scenario())
 
@@ -271,11 +271,7 @@ def test_kill_9_of_a_node_with_two_workers_keeps_every_registration(tmp_path):
     whichever worker took it (the owner writes the whole location behind), charged once (R9)."""
 
     async def scenario():
-        node = MeterProcess(tmp_path / "node", sip={"workers": 2, "tcp": False},
-                            licensing={"enforcement": "enforce"},
-                            extra="[limits]\nrequests = 0\nregistrations = 0\n")
-        node.install_keys({"ROOM": 30})
-        node.start()
+        node = two_workers(tmp_path, {"ROOM": 30})
         proxy = ("127.0.0.1", node.sip_port)
         endpoints = [await SipUA.open(f"k{i:02d}", proxy, domain="lab.test") for i in range(20)]
         try:
@@ -295,9 +291,7 @@ def test_kill_9_of_a_node_with_two_workers_keeps_every_registration(tmp_path):
                 assert (await register(ua, ROOM, expires=600)).status == 200
             assert in_use(node)["room"] == 20
         finally:
-            for ua in endpoints:
-                ua.close()
-            node.stop()
+            close_all(node, endpoints)
 
     asyncio.run(scenario())
 
@@ -338,11 +332,7 @@ def test_two_workers_enforce_one_capacity_r11(tmp_path):
     charged, 8 refused 503, whichever worker each reached; each refused one stays refused on retry."""
 
     async def scenario():
-        node = MeterProcess(tmp_path / "node", sip={"workers": 2, "tcp": False},
-                            licensing={"enforcement": "enforce"},
-                            extra="[limits]\nrequests = 0\nregistrations = 0\n")
-        node.install_keys({"ROOM": 16})
-        node.start()
+        node = two_workers(tmp_path, {"ROOM": 16})
         proxy = ("127.0.0.1", node.sip_port)
         endpoints = [await SipUA.open(f"cap{i:02d}", proxy, domain="lab.test") for i in range(24)]
         try:
@@ -355,8 +345,6 @@ def test_two_workers_enforce_one_capacity_r11(tmp_path):
             spread = metric(node.metrics_text(), 'meter_sip_worker_requests_total{worker="0"}')
             assert 0 < spread < 32, "every REGISTER reached one worker"  # 24 + 8 in all
         finally:
-            for ua in endpoints:
-                ua.close()
-            node.stop()
+            close_all(node, endpoints)
 
     asyncio.run(scenario())
