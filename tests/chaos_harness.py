@@ -181,16 +181,20 @@ class World:
     def boot(self, *, fresh_ledger: bool) -> None:
         """Start a node. ``meter.app.Node`` builds a new Metering and a new Ledger at every start;
         ``fresh_ledger=False`` keeps the old ledger (and its pool) to show it is left empty."""
+        self._boot_metering(fresh_ledger)
+        self.core = SipCore(self.settings, clock=self.clock, send=self._node_sent, advertised=NODE,
+                            hooks=self.policy, local_names=["10.0.0.1:5060"])
+        self.core.start()
+        self.boots += 1
+
+    def _boot_metering(self, fresh_ledger: bool) -> None:
+        """The ledger (kept when asked), a new metering join and the SIP policy over it."""
         now = self.clock.time()
         if fresh_ledger or self.ledger is None:
             self.ledger = Ledger(NODE_NAME, "C", catalogs.platform("large_vm"), enforcement=self.enforcement, now=now)
             self.ledger.set_licenses(self.licenses, now)
         self.metering = Metering(self.ledger, _CATALOG, _ZONES, role="C", node_name=NODE_NAME, clock=self.clock.time)
         self.policy = SipMetering(self.metering, inline=self.settings.mode == "inline")
-        self.core = SipCore(self.settings, clock=self.clock, send=self._node_sent, advertised=NODE,
-                            hooks=self.policy, local_names=["10.0.0.1:5060"])
-        self.core.start()
-        self.boots += 1
 
     def shutdown(self) -> list[str]:
         """What ``Node.close`` does: the SIP node ends every call and binding through the policy, then

@@ -29,17 +29,13 @@ import zlib
 from collections import deque
 
 from meter.codecs.sip import Request, parse, parse_name_addr
-from meter.licensing.ledger import Ledger
-from meter.metering.join import Metering
-from meter.metering.sip import SipMetering
 from meter.sip.core import SipCore
 from meter.sip.peer import Peer
 from meter.sip.routing import Advertised
 from meter.workers.link import _LENGTH, frame
 from meter.workers.pool import WorkerPool, _Worker
 from meter.workers.remote import RemoteHooks
-from meter import catalogs
-from tests.chaos_harness import _CATALOG, _ZONES, NODE_NAME, World
+from tests.chaos_harness import _ZONES, World
 
 HOST = "10.0.0.1"
 SHARED_PORT = 5060
@@ -91,12 +87,7 @@ class WorkersWorld(World):
     # -- the node: owner and worker ------------------------------------------------------------------
 
     def boot(self, *, fresh_ledger: bool) -> None:
-        now = self.clock.time()
-        if fresh_ledger or self.ledger is None:
-            self.ledger = Ledger(NODE_NAME, "C", catalogs.platform("large_vm"), enforcement=self.enforcement, now=now)
-            self.ledger.set_licenses(self.licenses, now)
-        self.metering = Metering(self.ledger, _CATALOG, _ZONES, role="C", node_name=NODE_NAME, clock=self.clock.time)
-        self.policy = SipMetering(self.metering, inline=self.settings.mode == "inline")
+        self._boot_metering(fresh_ledger)
         self.pool = WorkerPool(None, self.policy, 2)
         self.pool.shared_port = SHARED_PORT
         self.links[OWNER].clear()
