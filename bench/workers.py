@@ -65,13 +65,50 @@ def measure(workers: int, rundir: Path, endpoints: int, refreshes: int) -> dict:
             "rss": (idle / 2**20, registered / 2**20)}
 
 
+def frame_costs(n: int = 20000) -> list[tuple[str, int, float, float]]:
+    """What one message between a worker and the owner costs to write and read: a REGISTER's whole
+    binding set ("bindings", what every REGISTER sent at first) and a refresh's new expiries."""
+    import pickle
+
+    from meter.codecs.sip import parse_uri
+    from meter.sip.hooks import BindingInfo
+    from meter.sip.location import Binding, contact_key
+    from meter.sip.peer import Peer
+    from meter.workers.link import frame
+
+    uri = parse_uri("sip:bench000123@127.0.0.1:5999;transport=udp")
+    peer = Peer("udp", "127.0.0.1", 40001)
+    b = Binding("sip:bench000123@bench.meter.test", uri, {}, 12345.6, "callid-abcdef-123456@127.0.0.1", 17,
+                peer, "Cisco-CP8865/12.8.1 SIP", contact_key(uri))
+    whole = ("bindings", b.aor, [b], (BindingInfo(b.contact, 3600, peer, b.user_agent),), b.user_agent, peer,
+             1733300000.0, 0, None)
+    refresh = ("refresh", b.aor, ((b.key, 12345.6, 17, b.call_id),), b.user_agent, peer, 1733300000.0, 0)
+    out = []
+    for name, message in (("whole binding set", whole), ("refresh", refresh)):
+        start = time.perf_counter()
+        for _ in range(n):
+            data = frame(message)
+        middle = time.perf_counter()
+        for _ in range(n):
+            pickle.loads(data[4:])
+        out.append((name, len(data), (middle - start) / n * 1e6, (time.perf_counter() - middle) / n * 1e6))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workers", default="1,2")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--endpoints", type=int, default=ENDPOINTS)
     p.add_argument("--refreshes", type=int, default=REFRESHES)
+    p.add_argument("--frames", action="store_true", help="only the cost of one link message, written and read")
     args = p.parse_args(argv)
+    if args.frames:
+        print("| message | bytes | write us | read us |")
+        print("|---|---|---|---|")
+        for name, size, write, read in frame_costs():
+            print(f"| {name} | {size} | {write:.1f} | {read:.1f} |")
+        return 0
     counts = [int(n) for n in args.workers.split(",")]
     print("| workers | REGISTER/s | node CPU us/REGISTER | per process (owner first) | requests per worker | lost "
           "| RSS idle / registered MiB |")
